@@ -6,7 +6,11 @@
 //! ([`renewal`]). What does not: files, sockets, async runtimes, TLS, Kubernetes clients.
 //! Everything here is tested in memory.
 
+pub mod duration;
 pub mod identity;
+pub mod model;
 pub mod renewal;
+pub mod snapshot;
+pub mod validate;
 
 pub use identity::{IdError, SpiffeId, TrustDomain};

@@ -88,7 +88,13 @@ mod tests {
     #[test]
     fn cert_manager_formula_matches_upstream_vectors() {
         let s = at(0);
-        type Case = (&'static str, Duration, Option<Duration>, Option<i32>, Duration);
+        type Case = (
+            &'static str,
+            Duration,
+            Option<Duration>,
+            Option<i32>,
+            Duration,
+        );
         let cases: &[Case] = &[
             (
                 "3h cert → +2h",
