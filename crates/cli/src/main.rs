@@ -1,0 +1,84 @@
+//! `trustmesh`: the one binary. This file is the composition root for the CLI: it parses
+//! flags (the only place that reads the environment), runs one command, and turns any error
+//! into a one-line reason on stderr and a non-zero exit code, never a stack trace.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod bundle;
+mod ca;
+mod certs;
+mod check;
+mod output;
+
+use output::Format;
+
+/// A zero-trust service mesh that reads Istio's and cert-manager's YAML verbatim.
+#[derive(Debug, Parser)]
+#[command(name = "trustmesh", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load, validate and analyze a config folder (like `istioctl analyze`); exit 1 on errors.
+    Check(check::CheckArgs),
+    /// The certificate authorities: one per trust domain, kept in the state folder.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Run the certificate controller once: issue every cert-manager Certificate that is
+    /// missing, changed or due for renewal (what cert-manager's controller does continuously).
+    Reconcile(certs::ReconcileArgs),
+    /// Certificates with identity, issuer, not-after, renewal time and status
+    /// (like `kubectl get certificates -o wide`).
+    Certs(certs::CertsArgs),
+    /// Trust bundles: export this mesh's, combine several trust domains', show one.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
+}
+
+/// Where the mesh keeps its CA keys, issued certificates and bundles.
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// State folder (CA keys, issued certificates).
+    #[arg(long, env = "TRUSTMESH_STATE", default_value = "state", global = true)]
+    pub state: PathBuf,
+}
+
+/// The `-o` flag shared by every command that prints data.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(a) => check::run(a),
+        Command::Ca(c) => ca::run(c),
+        Command::Reconcile(a) => certs::reconcile(a),
+        Command::Certs(a) => certs::run(a),
+        Command::Bundle(c) => bundle::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        // `trustmesh certs | head`: the reader left; that is not a failure of ours.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // One line: the chain of causes joined, as kubectl and istioctl print them.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
