@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod authz;
 mod bundle;
 mod ca;
 mod certs;
@@ -23,6 +24,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process; boxing the big variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Load, validate and analyze a config folder (like `istioctl analyze`); exit 1 on errors.
@@ -39,6 +42,9 @@ enum Command {
     /// Trust bundles: export this mesh's, combine several trust domains', show one.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
+    /// Authorization: decide a request offline exactly as the destination's proxy would.
+    #[command(subcommand)]
+    Authz(authz::AuthzCommand),
 }
 
 /// Where the mesh keeps its CA keys, issued certificates and bundles.
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
         Command::Reconcile(a) => certs::reconcile(a),
         Command::Certs(a) => certs::run(a),
         Command::Bundle(c) => bundle::run(c),
+        Command::Authz(c) => authz::run(c),
     };
     match result {
         Ok(code) => code,

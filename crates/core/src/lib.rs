@@ -6,9 +6,14 @@
 //! ([`renewal`]). What does not: files, sockets, async runtimes, TLS, Kubernetes clients.
 //! Everything here is tested in memory.
 
+pub mod analyze;
+pub mod authz;
+pub mod destination;
 pub mod duration;
 pub mod identity;
 pub mod model;
+pub mod normalize;
+pub mod peerauth;
 pub mod renewal;
 pub mod snapshot;
 pub mod validate;
