@@ -12,7 +12,15 @@ mod bundle;
 mod ca;
 mod certs;
 mod check;
+mod control_plane;
+mod demo_app;
+mod enable;
+mod http;
 mod output;
+mod proxy;
+mod rotate;
+mod token;
+mod up;
 
 use output::Format;
 
@@ -42,9 +50,29 @@ enum Command {
     /// Trust bundles: export this mesh's, combine several trust domains', show one.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
+    /// Set a namespace's mTLS mode: write its PeerAuthentication into the config folder.
+    Enable(enable::EnableArgs),
     /// Authorization: decide a request offline exactly as the destination's proxy would.
     #[command(subcommand)]
     Authz(authz::AuthzCommand),
+    /// The local mesh: the control plane and one proxy per WorkloadEntry of DIR, supervised,
+    /// with a live view; Ctrl-C stops everything.
+    Up(up::UpArgs),
+    /// Rotate certificates now (like `cmctl renew`): workload SVIDs and cert-manager
+    /// Certificates, by name or --all.
+    Rotate(rotate::RotateArgs),
+    /// Run the control plane: CA per trust domain, config snapshot (watched), CSR signing and
+    /// config stream (gRPC, 15012), admin API and metrics (15014); until SIGINT/SIGTERM.
+    ControlPlane(control_plane::ControlPlaneArgs),
+    /// Join tokens: one-time credentials a proxy proves its workload with at bootstrap.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Run one workload's proxy: its certificate, inbound mTLS and policy, outbound, admin,
+    /// metrics, SPIFFE Workload API; until SIGINT/SIGTERM.
+    Proxy(proxy::ProxyArgs),
+    /// A small HTTP app that answers with its name, the request and the caller's identity
+    /// (the `x-forwarded-client-cert` its proxy sent); until SIGINT/SIGTERM.
+    DemoApp(demo_app::DemoAppArgs),
 }
 
 /// Where the mesh keeps its CA keys, issued certificates and bundles.
@@ -71,7 +99,14 @@ fn main() -> ExitCode {
         Command::Reconcile(a) => certs::reconcile(a),
         Command::Certs(a) => certs::run(a),
         Command::Bundle(c) => bundle::run(c),
+        Command::Enable(a) => enable::run(a),
         Command::Authz(c) => authz::run(c),
+        Command::Up(a) => up::run(a),
+        Command::Rotate(a) => rotate::run(a),
+        Command::ControlPlane(a) => control_plane::run(a),
+        Command::Token(c) => token::run(c),
+        Command::Proxy(a) => proxy::run(a),
+        Command::DemoApp(a) => demo_app::run(a),
     };
     match result {
         Ok(code) => code,

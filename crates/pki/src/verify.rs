@@ -540,15 +540,33 @@ fn tls12_refused() -> rustls::Error {
 /// It authenticates only; what the identity may do is AuthorizationPolicy's decision. Read
 /// the verified identity afterwards with [`peer_spiffe_id`]. The bundles are fixed per
 /// verifier: when they change, build a new verifier and config.
+///
+/// [`SpiffeClientVerifier::optional`] is the control plane's variant: a client may connect
+/// without a certificate (a proxy bootstrapping with a join token has none yet), but a
+/// certificate it does present is verified exactly as here, and a bad one fails the handshake.
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     bundles: Arc<TrustBundleSet>,
+    mandatory: bool,
 }
 
 impl SpiffeClientVerifier {
-    /// A verifier trusting `bundles`.
+    /// A verifier trusting `bundles`; a client certificate is required.
     pub fn new(bundles: Arc<TrustBundleSet>) -> Self {
-        Self { bundles }
+        Self {
+            bundles,
+            mandatory: true,
+        }
+    }
+
+    /// A verifier trusting `bundles` for which a client certificate is optional: clients
+    /// without one complete the handshake unauthenticated ([`peer_spiffe_id`] is `None`);
+    /// a presented certificate must verify.
+    pub fn optional(bundles: Arc<TrustBundleSet>) -> Self {
+        Self {
+            bundles,
+            mandatory: false,
+        }
     }
 
     /// The bundles it trusts.
@@ -563,7 +581,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -729,3 +747,158 @@ pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Option<SpiffeId> {
 
 #[cfg(test)]
 mod tests;
+
+/// The optional-client-auth variant, in real in-memory TLS 1.3 handshakes.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod optional_client_auth_tests {
+    use std::io::{Read, Write};
+
+    use rustls::{ClientConnection, ServerConnection};
+
+    use super::*;
+    use crate::ca::Ca;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Moves TLS records both ways until neither end has anything to send.
+    fn pump(c: &mut ClientConnection, s: &mut ServerConnection) -> Result<(), rustls::Error> {
+        for _ in 0..32 {
+            let mut moved = false;
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                moved = true;
+                let mut rd = &buf[..];
+                while !rd.is_empty() {
+                    s.read_tls(&mut rd).unwrap();
+                }
+                s.process_new_packets()?;
+            }
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                moved = true;
+                let mut rd = &buf[..];
+                while !rd.is_empty() {
+                    c.read_tls(&mut rd).unwrap();
+                }
+                c.process_new_packets()?;
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+        panic!("handshake did not settle");
+    }
+
+    struct Setup {
+        server: Arc<ServerConfig>,
+        server_verifier: Arc<SpiffeServerVerifier>,
+        ca: Ca,
+        now: SystemTime,
+    }
+
+    fn setup() -> Setup {
+        let now = SystemTime::now();
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let ca = Ca::generate(&td, now).unwrap();
+        let mut set = TrustBundleSet::new();
+        set.add_root(&td, ca.root_der().clone()).unwrap();
+        let bundles = Arc::new(set);
+        let cp = SpiffeId::parse("spiffe://cluster.local/ns/istio-system/sa/cp").unwrap();
+        let (svid, key) = ca.issue_svid(&cp, HOUR, now).unwrap();
+        let verifier = SpiffeClientVerifier::optional(bundles.clone());
+        assert!(!verifier.client_auth_mandatory());
+        assert!(verifier.offer_client_auth());
+        assert!(SpiffeClientVerifier::new(bundles.clone()).client_auth_mandatory());
+        let server = Arc::new(
+            server_config(svid.chain_der, key.private_key_der(), Arc::new(verifier)).unwrap(),
+        );
+        let server_verifier = Arc::new(SpiffeServerVerifier::new(bundles, Allowed::Ids(vec![cp])));
+        Setup {
+            server,
+            server_verifier,
+            ca,
+            now,
+        }
+    }
+
+    fn connect(
+        server: &Arc<ServerConfig>,
+        client: ClientConfig,
+    ) -> (
+        ClientConnection,
+        ServerConnection,
+        Result<(), rustls::Error>,
+    ) {
+        let name = ServerName::try_from("control-plane").unwrap();
+        let mut c = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = ServerConnection::new(server.clone()).unwrap();
+        let r = pump(&mut c, &mut s);
+        (c, s, r)
+    }
+
+    #[test]
+    fn a_client_without_certificate_completes_the_handshake_unauthenticated() {
+        let t = setup();
+        let anonymous = ClientConfig::builder_with_provider(crate::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(t.server_verifier.clone())
+            .with_no_client_auth();
+        let (mut c, mut s, r) = connect(&t.server, anonymous);
+        r.unwrap();
+        assert!(!s.is_handshaking());
+        assert_eq!(peer_spiffe_id(&s), None);
+        c.writer().write_all(b"token").unwrap();
+        pump(&mut c, &mut s).unwrap();
+        let mut got = [0u8; 5];
+        s.reader().read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"token");
+    }
+
+    #[test]
+    fn a_presented_certificate_is_verified_and_identifies_the_client() {
+        let t = setup();
+        let web = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web").unwrap();
+        let (svid, key) = t.ca.issue_svid(&web, HOUR, t.now).unwrap();
+        let client = client_config(
+            svid.chain_der,
+            key.private_key_der(),
+            t.server_verifier.clone(),
+        )
+        .unwrap();
+        let (_c, s, r) = connect(&t.server, client);
+        r.unwrap();
+        assert_eq!(peer_spiffe_id(&s), Some(web));
+    }
+
+    #[test]
+    fn a_certificate_from_an_untrusted_ca_still_fails_the_handshake() {
+        let t = setup();
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let rogue = Ca::generate(&td, t.now).unwrap();
+        let web = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web").unwrap();
+        let (svid, key) = rogue.issue_svid(&web, HOUR, t.now).unwrap();
+        let client = client_config(
+            svid.chain_der,
+            key.private_key_der(),
+            t.server_verifier.clone(),
+        )
+        .unwrap();
+        let (_c, s, r) = connect(&t.server, client);
+        // Same subject as the real root, so path building reaches the signature check.
+        let err = r.unwrap_err();
+        assert!(
+            matches!(err, rustls::Error::InvalidCertificate(_)),
+            "{err:?}"
+        );
+        assert_eq!(peer_spiffe_id(&s), None);
+    }
+}
