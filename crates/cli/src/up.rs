@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::Value;
 use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
 use trustmesh_api::{CONTROL_PLANE_ADMIN_PORT, PROXY_ADMIN_PORT};
 use trustmesh_core::snapshot::Workload;
 
@@ -218,6 +219,11 @@ pub fn run(a: UpArgs) -> Result<ExitCode> {
 }
 
 async fn up(a: UpArgs) -> Result<ExitCode> {
+    // Registered once, before anything starts: a signal that arrives while the loop below is
+    // busy (supervising, refreshing the view) waits for the next `select!` instead of being
+    // lost, and one during start-up stops the mesh instead of killing `up` past its children.
+    let mut sigint = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let loaded = trustmesh_config::load_dir(&a.dir).map_err(|e| {
         anyhow::anyhow!(
             "{} is not a valid config (see `trustmesh check`):\n{e}",
@@ -340,8 +346,8 @@ async fn up(a: UpArgs) -> Result<ExitCode> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate() => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
             _ = tick.tick() => {}
         }
         if a.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -360,15 +366,6 @@ async fn up(a: UpArgs) -> Result<ExitCode> {
     mesh.stop().await;
     println!("stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn terminate() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending::<()>().await,
-    }
 }
 
 async fn wait_healthy(addr: SocketAddr, within: Duration) -> Result<()> {

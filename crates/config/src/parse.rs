@@ -264,11 +264,20 @@ pub(crate) fn parse_tree(text: &str) -> Result<Spanned<Node>, serde_saphyr::Erro
 /// A serde-saphyr error's message without the "at line X, column Y" suffix, on one line.
 pub(crate) fn message(e: &serde_saphyr::Error) -> String {
     let msg = DefaultMessageFormatter.format_message(e.without_snippet());
+    // One printable line: control characters escaped, quotes left as they are (`escape_debug`
+    // on the whole message turned `'['` into `\'[\'`).
     msg.split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
-        .escape_debug()
-        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn line_col(e: &serde_saphyr::Error) -> (u32, u32) {

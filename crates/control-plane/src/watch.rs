@@ -55,12 +55,16 @@ impl ConfigWatcher {
         let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
         let config_dir = canonical(config_dir);
         let state_dir = canonical(state_dir);
+        let watched = config_dir.clone();
         let handler = move |res: DebounceEventResult| match res {
             Ok(events) => {
                 let relevant = events.iter().any(|e| {
                     e.event.need_rescan()
                         || (!matches!(e.event.kind, EventKind::Access(_))
-                            && e.event.paths.iter().any(|p| relevant_path(p, &state_dir)))
+                            && e.event
+                                .paths
+                                .iter()
+                                .any(|p| relevant_path(p, &watched, &state_dir)))
                 });
                 if relevant {
                     wake.notify_one();
@@ -115,10 +119,12 @@ impl ConfigWatcher {
     }
 }
 
-/// Whether a change to `path` can change the config: not in the state folder, not an
-/// editor's swap or backup file, not a hidden file (the loader skips those).
-fn relevant_path(path: &Path, state_dir: &Path) -> bool {
-    if path.starts_with(state_dir) {
+/// Whether a change to `path` can change the config: not in the state folder (unless the
+/// config folder itself lies inside the state folder, as `state/config`), not an editor's
+/// swap or backup file, not a hidden file (the loader skips those).
+fn relevant_path(path: &Path, config_dir: &Path, state_dir: &Path) -> bool {
+    let config_inside_state = config_dir.starts_with(state_dir) && config_dir != state_dir;
+    if path.starts_with(state_dir) && !(config_inside_state && path.starts_with(config_dir)) {
         return false;
     }
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -209,13 +215,40 @@ mod tests {
 
     #[test]
     fn editor_litter_and_the_state_folder_do_not_trigger_reloads() {
-        let state = Path::new("/cfg/state");
-        assert!(relevant_path(Path::new("/cfg/policies.yaml"), state));
-        assert!(relevant_path(Path::new("/cfg/sub"), state));
-        assert!(!relevant_path(Path::new("/cfg/.policies.yaml.swp"), state));
-        assert!(!relevant_path(Path::new("/cfg/policies.yaml~"), state));
+        let (cfg, state) = (Path::new("/cfg"), Path::new("/cfg/state"));
+        assert!(relevant_path(Path::new("/cfg/policies.yaml"), cfg, state));
+        assert!(relevant_path(Path::new("/cfg/sub"), cfg, state));
+        assert!(!relevant_path(
+            Path::new("/cfg/.policies.yaml.swp"),
+            cfg,
+            state
+        ));
+        assert!(!relevant_path(Path::new("/cfg/policies.yaml~"), cfg, state));
         assert!(!relevant_path(
             Path::new("/cfg/state/tokens/ab.json"),
+            cfg,
+            state
+        ));
+    }
+
+    /// The other nesting: a config folder kept inside the state folder still reloads, while
+    /// the rest of the state folder (tokens, logs) does not.
+    #[test]
+    fn a_config_folder_inside_the_state_folder_is_watched() {
+        let (cfg, state) = (Path::new("/run/mesh/config"), Path::new("/run/mesh"));
+        assert!(relevant_path(
+            Path::new("/run/mesh/config/policies.yaml"),
+            cfg,
+            state
+        ));
+        assert!(!relevant_path(
+            Path::new("/run/mesh/tokens/ab.json"),
+            cfg,
+            state
+        ));
+        assert!(!relevant_path(
+            Path::new("/run/mesh/logs/proxy.log"),
+            cfg,
             state
         ));
     }

@@ -174,6 +174,9 @@ impl Shared {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(CurrentCert(self.clone())));
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // No resumption: a resumed TLS 1.3 session skips client authentication, and every
+        // mesh connection must prove the peer's current SVID against the current bundles.
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(Arc::new(cfg))
     }
 
@@ -192,6 +195,8 @@ impl Shared {
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(CurrentCert(self.clone())));
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // No resumption (see `server_tls`): every connection re-checks the server's SVID.
+        cfg.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(cfg))
     }
 }

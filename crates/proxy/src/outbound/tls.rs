@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{Resumption, verify_server_cert_signed_by_trust_anchor, verify_server_name};
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
@@ -63,14 +63,11 @@ pub fn mesh_config(
     alpn: &[&[u8]],
     svc: ServiceRef<'_>,
 ) -> Result<Arc<ClientConfig>, OutboundError> {
-    let base = shared
+    // `Shared::client_tls` turns resumption off: a resumed session would skip presenting the
+    // (possibly rotated) SVID and re-verifying the peer's.
+    shared
         .client_tls(bundles, Allowed::Ids(mesh.allowed.clone()), alpn)
-        .map_err(|e| svc.config_error(e.to_string()))?;
-    let mut cfg = ClientConfig::clone(&base);
-    // A resumed session would skip presenting the (possibly rotated) SVID and re-verifying
-    // the peer's; mesh connections are long-lived, so a full handshake costs little.
-    cfg.resumption = Resumption::disabled();
-    Ok(Arc::new(cfg))
+        .map_err(|e| svc.config_error(e.to_string()))
 }
 
 async fn read_file(path: &str, what: &str, svc: ServiceRef<'_>) -> Result<Vec<u8>, OutboundError> {
