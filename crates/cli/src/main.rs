@@ -13,14 +13,17 @@ mod ca;
 mod certs;
 mod check;
 mod control_plane;
+mod debug;
 mod demo_app;
 mod enable;
 mod http;
 mod output;
+mod probe;
 mod proxy;
 mod rotate;
 mod token;
 mod up;
+mod verify;
 
 use output::Format;
 
@@ -73,6 +76,12 @@ enum Command {
     /// A small HTTP app that answers with its name, the request and the caller's identity
     /// (the `x-forwarded-client-cert` its proxy sent); until SIGINT/SIGTERM.
     DemoApp(demo_app::DemoAppArgs),
+    /// Prove the running mesh is what the config says: each workload's certificate, its
+    /// modes, plaintext refused under STRICT, mTLS accepted; a table, exit 1 on any failure.
+    Verify(verify::VerifyArgs),
+    /// One connection explained: identities and chains, destination and DestinationRule,
+    /// modes, the authorization decision and its policy, and a live attempt.
+    Debug(debug::DebugArgs),
 }
 
 /// Where the mesh keeps its CA keys, issued certificates and bundles.
@@ -107,6 +116,8 @@ fn main() -> ExitCode {
         Command::Token(c) => token::run(c),
         Command::Proxy(a) => proxy::run(a),
         Command::DemoApp(a) => demo_app::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Debug(a) => debug::run(a),
     };
     match result {
         Ok(code) => code,
