@@ -293,6 +293,15 @@ pub fn parse_ip_or_cidr(s: &str) -> Option<IpNet> {
         .or_else(|| IpAddr::from_str(s).ok().map(IpNet::from))
 }
 
+/// Go's `strconv.ParseBool`, which istiod uses for `istio.io/dry-run`.
+pub(crate) fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 pub(crate) fn ip_blocks(values: &[String], field: &str, cx: &mut Ctx<'_>) {
     for (i, v) in values.iter().enumerate() {
         if !v.is_empty() && parse_ip_or_cidr(v).is_none() {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Findings, Origin};
-use crate::model::{Kind, Object, ResourceKey};
+use crate::model::{Kind, Object, key};
 use crate::snapshot::{IssuerOf, Snapshot, Sourced};
 
 pub(crate) fn check(snap: &Snapshot, out: &mut Findings) {
@@ -19,15 +19,6 @@ pub(crate) fn check(snap: &Snapshot, out: &mut Findings) {
     selectors(snap, out);
     namespaces_declared(snap, out);
     foreign_principals(snap, out);
-}
-
-fn key<S>(kind: Kind, o: &Object<S>) -> String {
-    ResourceKey {
-        kind,
-        namespace: o.metadata.namespace_str().to_owned(),
-        name: o.metadata.name.clone(),
-    }
-    .to_string()
 }
 
 fn at(origin: Option<&Origin>) -> String {

@@ -1,7 +1,7 @@
 //! Admission rules for `PeerAuthentication` and `AuthorizationPolicy` (digest §2, §3.1, §3.5,
 //! §3.7, §3.9, §3.11, §3.14; Istio `pkg/config/validation/validation.go` and the CRDs' CEL).
 
-use super::{Ctx, ip_blocks, label_selector, no_empty_strings};
+use super::{Ctx, ip_blocks, label_selector, no_empty_strings, parse_go_bool};
 use crate::model::security::{Action, Condition, Operation, Source};
 use crate::model::{AuthorizationPolicy, PeerAuthentication};
 
@@ -352,15 +352,6 @@ fn condition(c: &Condition, field: &str, cx: &mut Ctx<'_>) {
             ports(&c.not_values, &format!("{field}.notValues"), cx);
         }
         _ => {}
-    }
-}
-
-/// Go's `strconv.ParseBool`.
-pub fn parse_go_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
     }
 }
 

@@ -31,7 +31,7 @@ use crate::certmanager::{
 };
 use crate::fsutil;
 use crate::keys::{KeyEncoding, KeyPair};
-use crate::svid::format_rfc3339;
+use crate::svid::{CertInfo, format_rfc3339};
 
 /// "Certificate is up to date and has not expired" — cert-manager's Ready message.
 pub const READY_MESSAGE: &str = "Certificate is up to date and has not expired";
@@ -550,12 +550,7 @@ fn reconcile_one(
                 Some(m)
             } else {
                 let leaf = &secret.leaf;
-                let renewal = cert_manager_renewal_time(
-                    leaf.not_before,
-                    leaf.not_after,
-                    cert.spec.renew_before.map(|d| d.as_duration()),
-                    cert.spec.renew_before_percentage,
-                );
+                let renewal = renewal_time(cert, leaf);
                 if now >= leaf.not_after {
                     Some(("Expired", "Certificate expired, issuing a new one".into()))
                 } else if now >= renewal {
@@ -658,6 +653,17 @@ pub fn status(snapshot: &Snapshot, state: &Path, now: SystemTime) -> Vec<Certifi
         .collect()
 }
 
+/// When `leaf`, issued for `cert`, is due for renewal: the issuing trigger and the status
+/// view use the same time.
+fn renewal_time(cert: &Certificate, leaf: &CertInfo) -> SystemTime {
+    cert_manager_renewal_time(
+        leaf.not_before,
+        leaf.not_after,
+        cert.spec.renew_before.map(|d| d.as_duration()),
+        cert.spec.renew_before_percentage,
+    )
+}
+
 fn view(layout: &Layout, cert: &Certificate, now: SystemTime) -> CertificateView {
     let (ns, name) = certificate_key(cert);
     let stored = layout.read_status(&ns, &name);
@@ -709,12 +715,7 @@ fn view(layout: &Layout, cert: &Certificate, now: SystemTime) -> CertificateView
         }
     };
     let leaf = &secret.leaf;
-    let renewal = cert_manager_renewal_time(
-        leaf.not_before,
-        leaf.not_after,
-        cert.spec.renew_before.map(|d| d.as_duration()),
-        cert.spec.renew_before_percentage,
-    );
+    let renewal = renewal_time(cert, leaf);
     v.not_before = Some(format_rfc3339(leaf.not_before));
     v.not_after = Some(format_rfc3339(leaf.not_after));
     v.renewal_time = Some(format_rfc3339(renewal));

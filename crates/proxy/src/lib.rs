@@ -21,6 +21,7 @@ pub mod clock;
 pub mod control;
 pub mod demo_app;
 pub mod discovery;
+mod hop_by_hop;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;

@@ -29,10 +29,10 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::model::security::MtlsMode;
-use crate::model::{AuthorizationPolicy, Kind, Object, ResourceKey, ServiceEntry};
+use crate::model::{AuthorizationPolicy, Kind, Object, ServiceEntry, key};
 use crate::peerauth::{self, WorkloadMtls};
 use crate::snapshot::{Snapshot, Sourced, Workload};
-use crate::validate::Origin;
+use crate::validate::{Origin, parse_go_bool};
 
 /// How bad a finding is. `trustmesh check` exits 1 when any finding is an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -468,17 +468,7 @@ fn is_dry_run(ap: &AuthorizationPolicy) -> bool {
             .metadata
             .annotations
             .get("istio.io/dry-run")
-            .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "TRUE" | "true" | "True"))
-}
-
-/// `Kind ns/name`.
-fn key<S>(kind: Kind, o: &Object<S>) -> String {
-    ResourceKey {
-        kind,
-        namespace: o.metadata.namespace_str().to_owned(),
-        name: o.metadata.name.clone(),
-    }
-    .to_string()
+            .is_some_and(|v| parse_go_bool(v) == Some(true))
 }
 
 /// Builds findings about one resource.

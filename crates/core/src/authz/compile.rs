@@ -14,7 +14,7 @@ use super::matcher::{NsPattern, PathTemplate, SaPattern, StrPattern, ip_in};
 use super::{AuthzSettings, EvalCtx};
 use crate::model::AuthorizationPolicy;
 use crate::model::security::{Action, Condition, Operation, Rule, Source};
-use crate::validate::parse_ip_or_cidr;
+use crate::validate::{parse_go_bool, parse_ip_or_cidr};
 
 /// One value of one attribute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -517,13 +517,4 @@ pub(crate) fn expand_trust_domains(values: &[String], settings: &AuthzSettings) 
         }
     }
     out
-}
-
-/// Go's `strconv.ParseBool`, which istiod uses for `istio.io/dry-run`.
-fn parse_go_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
 }

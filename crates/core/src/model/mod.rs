@@ -420,6 +420,16 @@ impl fmt::Display for ResourceKey {
     }
 }
 
+/// `Kind ns/name` of `o`, an object of kind `kind`: a [`ResourceKey`] as messages print it.
+pub(crate) fn key<S>(kind: Kind, o: &Object<S>) -> String {
+    ResourceKey {
+        kind,
+        namespace: o.metadata.namespace_str().to_owned(),
+        name: o.metadata.name.clone(),
+    }
+    .to_string()
+}
+
 /// Parses RFC 3339 (`2024-05-01T12:00:00Z`, `...T12:00:00.5+02:00`) to Unix seconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();

@@ -31,6 +31,7 @@ use trustmesh_core::authz::{HttpRequest, Outcome};
 use trustmesh_core::normalize::normalize_path;
 
 use super::{ConnInfo, Inbound};
+use crate::hop_by_hop::remove_connection_options;
 use crate::metrics::Peers;
 
 /// Istio's body for a request denied by an AuthorizationPolicy.
@@ -262,16 +263,7 @@ async fn handle(
 
 /// RFC 9110 7.6.1: hop-by-hop fields, plus those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
+    remove_connection_options(headers);
     for n in [
         header::CONNECTION,
         header::TE,

@@ -19,6 +19,7 @@ use super::error::OutboundError;
 use super::pool::{ActiveRequest, Lease};
 use super::route::Target;
 use super::{Outbound, ProxyBody};
+use crate::hop_by_hop::remove_connection_options;
 
 /// Connect failures are retried on the next endpoint, like Istio's default retry policy
 /// (`attempts: 2`, `retryOn: connect-failure,refused-stream,...`): at most 3 tries.
@@ -66,14 +67,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP) {
+    remove_connection_options(headers);
+    for n in HOP_BY_HOP {
         headers.remove(n);
     }
     headers.remove("proxy-connection");
