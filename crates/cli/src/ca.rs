@@ -21,6 +21,31 @@ pub enum CaCommand {
     Init(InitArgs),
     /// Show the CAs in the state folder.
     Show(ShowArgs),
+    /// Make an existing CA key pair the CA of a trust domain — e.g. a cert-manager CA
+    /// Issuer's Secret (`tls.crt`, `tls.key`), so workload certificates chain to it.
+    Import(ImportArgs),
+}
+
+/// Flags of `trustmesh ca import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The trust domain this CA will sign for.
+    #[arg(long = "trust-domain")]
+    pub trust_domain: String,
+    /// A folder holding `tls.crt` and `tls.key` (a cert-manager Secret as trustmesh writes
+    /// it); or give --cert and --key.
+    #[arg(long, conflicts_with_all = ["cert", "key"], required_unless_present_all = ["cert", "key"])]
+    pub secret: Option<PathBuf>,
+    /// The CA certificate (PEM; the chain above it may follow).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 /// Flags of `trustmesh ca init`.
@@ -66,7 +91,25 @@ pub fn run(cmd: CaCommand) -> Result<ExitCode> {
     match cmd {
         CaCommand::Init(a) => init(a),
         CaCommand::Show(a) => show(a),
+        CaCommand::Import(a) => import(a),
     }
+}
+
+fn import(a: ImportArgs) -> Result<ExitCode> {
+    let td = TrustDomain::new(&a.trust_domain)
+        .with_context(|| format!("--trust-domain {:?}", a.trust_domain))?;
+    let (cert, key) = match (&a.secret, &a.cert, &a.key) {
+        (Some(dir), _, _) => (dir.join("tls.crt"), dir.join("tls.key")),
+        (None, Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => anyhow::bail!("give --secret DIR, or --cert and --key"),
+    };
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let ca = Ca::from_pem(&read(&cert)?, &read(&key)?)
+        .with_context(|| format!("{} and {}", cert.display(), key.display()))?;
+    let store = CaStore::new(&a.state.state);
+    let ca = store.import(&td, ca)?;
+    print(a.out, &[view(&store, &td, &ca, Some("imported"))?])
 }
 
 /// The trust domains a config folder needs CAs for.

@@ -416,3 +416,80 @@ fn bundles_export_combine_and_show_across_regions() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("bad.json"), "{}", stderr(&o));
 }
+
+/// DESIGN.md: "a self-signed root (or a CA key pair loaded from files, as a cert-manager CA
+/// Issuer's Secret provides)". The cert-manager root issued by `reconcile` becomes the mesh
+/// CA of a trust domain; a leaf is refused as a CA; an existing CA is never replaced.
+#[test]
+fn ca_import_takes_a_cert_manager_ca_secret_and_never_replaces_a_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let issued = tmp.path().join("issued");
+    let o = run(&[
+        "reconcile",
+        "--config",
+        s(&example()),
+        "--state",
+        s(&issued),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let root = issued.join("secrets/cert-manager/teei-root-ca");
+    let mesh = tmp.path().join("mesh");
+
+    let v = json(&run(&[
+        "ca",
+        "import",
+        "--trust-domain",
+        "us.cluster.local",
+        "--secret",
+        s(&root),
+        "--state",
+        s(&mesh),
+        "-o",
+        "json",
+    ]));
+    assert_eq!(v[0]["action"], "imported");
+    assert!(
+        v[0]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("TEEI US Root CA"),
+        "{v:#}"
+    );
+    // It is now the CA `ca show` and `bundle export` see, and it survives as state.
+    let shown = json(&run(&["ca", "show", "--state", s(&mesh), "-o", "json"]));
+    assert_eq!(shown[0]["serial"], v[0]["serial"]);
+    let key = mesh.join("ca/us.cluster.local/ca.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Again: refused, naming the folder; the CA stays.
+    let o = run(&[
+        "ca",
+        "import",
+        "--trust-domain",
+        "us.cluster.local",
+        "--secret",
+        s(&root),
+        "--state",
+        s(&mesh),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("never replaces"), "{}", stderr(&o));
+
+    // A workload certificate is not a CA (cert-manager: "certificate is not a CA").
+    let leaf = issued.join("secrets/production/orders-tls");
+    let o = run(&[
+        "ca",
+        "import",
+        "--trust-domain",
+        "eu.cluster.local",
+        "--secret",
+        s(&leaf),
+        "--state",
+        s(&mesh),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a CA"), "{}", stderr(&o));
+    assert!(!mesh.join("ca/eu.cluster.local").exists());
+}

@@ -72,6 +72,14 @@ pub enum CaError {
         /// The file that is missing.
         missing: PathBuf,
     },
+    /// An import would replace the CA a trust domain already has.
+    #[error("{} already holds the CA of {trust_domain}; an import never replaces a CA", path.display())]
+    Exists {
+        /// The trust domain.
+        trust_domain: TrustDomain,
+        /// Its CA folder.
+        path: PathBuf,
+    },
     /// The PEM input held no certificate.
     #[error("no CERTIFICATE found in PEM")]
     NoCertificate,

@@ -134,3 +134,130 @@ fn leftovers_of_an_interrupted_creation_are_not_a_ca() {
         ca.cert_pem()
     );
 }
+
+/// An imported intermediate CA (its certificate followed by the root above it, as a CA
+/// Issuer's `tls.crt` holds them) loads back with the same chain and anchor, and issues
+/// SVIDs whose chain `openssl verify` accepts against the root alone.
+#[test]
+fn an_imported_intermediate_keeps_its_chain_and_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    fs::write(
+        d.join("ca.ext"),
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "root.key",
+    ]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "root.key",
+        "-subj",
+        "/CN=imported root",
+        "-days",
+        "30",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        "root.crt",
+    ]);
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "int.key",
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "int.key",
+        "-subj",
+        "/CN=imported intermediate",
+        "-out",
+        "int.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "int.csr",
+        "-CA",
+        "root.crt",
+        "-CAkey",
+        "root.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "ca.ext",
+        "-out",
+        "int.crt",
+    ]);
+    let chain = fs::read_to_string(d.join("int.crt")).unwrap()
+        + &fs::read_to_string(d.join("root.crt")).unwrap();
+    let key = fs::read_to_string(d.join("int.key")).unwrap();
+    let ca = trustmesh_pki::Ca::from_pem(&chain, &key).unwrap();
+    let (root, tail) = (ca.root_der().clone(), ca.chain_tail().to_vec());
+
+    let state = d.join("state");
+    let store = CaStore::new(&state);
+    store.import(&td(), ca).unwrap();
+    let back = store.load(&td()).unwrap().unwrap();
+    assert_eq!(back.root_der(), &root, "same anchor after a reload");
+    assert_eq!(
+        back.chain_tail(),
+        tail.as_slice(),
+        "same chain after a reload"
+    );
+
+    // An import never replaces a CA.
+    let again = trustmesh_pki::Ca::from_pem(&chain, &key).unwrap();
+    assert!(matches!(
+        store.import(&td(), again),
+        Err(CaError::Exists { .. })
+    ));
+
+    // Its SVIDs verify against the root alone.
+    let id = SpiffeId::parse("spiffe://cluster.local/ns/a/sa/b").unwrap();
+    let (svid, _key) = back
+        .issue_svid(&id, Duration::from_secs(600), SystemTime::now())
+        .unwrap();
+    fs::write(d.join("svid.pem"), &svid.chain_pem).unwrap();
+    fs::write(d.join("leaf.pem"), &svid.cert_pem).unwrap();
+    openssl(&[
+        "verify",
+        "-CAfile",
+        "root.crt",
+        "-untrusted",
+        "svid.pem",
+        "leaf.pem",
+    ]);
+}

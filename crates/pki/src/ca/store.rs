@@ -95,6 +95,21 @@ impl CaStore {
         Ok(ca)
     }
 
+    /// Makes `ca` (e.g. loaded with [`Ca::from_pem`] from a cert-manager CA Issuer's Secret)
+    /// the CA of `td`, written as a new CA is: all or nothing. A trust domain that already
+    /// has a CA keeps it ([`CaError::Exists`]).
+    pub fn import(&self, td: &TrustDomain, ca: Ca) -> Result<Ca, CaError> {
+        let ca = ca.with_trust_domain(td.clone())?;
+        if self.load(td)?.is_some() {
+            return Err(CaError::Exists {
+                trust_domain: td.clone(),
+                path: self.dir_for(td),
+            });
+        }
+        self.persist_new(td, &ca)?;
+        Ok(ca)
+    }
+
     fn persist_new(&self, td: &TrustDomain, ca: &Ca) -> Result<(), CaError> {
         let parent = self.state_dir.join("ca");
         DirBuilder::new()
@@ -116,7 +131,15 @@ impl CaStore {
             ca.key.to_pkcs8_pem()?.as_bytes(),
             0o600,
         )?;
-        fsutil::write_atomic(&staging.join("ca.crt"), ca.cert_pem.as_bytes(), 0o644)?;
+        // The CA certificate, then the chain above it up to its root, so an imported
+        // intermediate loads back with the same chain and anchor.
+        let mut crt = ca.cert_pem.clone();
+        let above = ca.chain_tail.iter().filter(|c| **c != ca.cert_der);
+        let root = Some(&ca.root_der).filter(|r| **r != ca.cert_der && !ca.chain_tail.contains(r));
+        for c in above.chain(root) {
+            crt.push_str(&crate::keys::pem_encode("CERTIFICATE", c));
+        }
+        fsutil::write_atomic(&staging.join("ca.crt"), crt.as_bytes(), 0o644)?;
         let dir = self.dir_for(td);
         // rename(2) replaces an empty directory; a non-empty one (other files, but no CA
         // pair) makes it fail, which is reported rather than overwritten.
