@@ -32,7 +32,7 @@ use crate::error::ControlPlaneError;
 use crate::state::Shared;
 
 /// The service account of the control plane's identity.
-pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "trustmesh-control-plane";
+pub use trustmesh_core::identity::CONTROL_PLANE_SERVICE_ACCOUNT;
 /// A TLS handshake not finished in this time is dropped (docs/mesh-runtime.md, inbound).
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

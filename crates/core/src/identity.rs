@@ -18,6 +18,11 @@ pub const MAX_TRUST_DOMAIN_LEN: usize = 255;
 
 const SCHEME: &str = "spiffe://";
 
+/// The service account of the control plane's own SVID,
+/// `spiffe://<trust-domain>/ns/<root-namespace>/sa/trustmesh-control-plane`; proxies trust
+/// whoever presents that identity, so validation reserves the name.
+pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "trustmesh-control-plane";
+
 /// Why a string is not a SPIFFE ID or trust domain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {

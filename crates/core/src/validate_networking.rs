@@ -279,6 +279,8 @@ fn export_to(values: &[String], field: &str, cx: &mut Ctx<'_>) {
     }
 }
 
+use crate::identity::CONTROL_PLANE_SERVICE_ACCOUNT;
+
 pub(super) fn workload_entry(we: &WorkloadEntry, cx: &mut Ctx<'_>) {
     endpoint(&we.spec, "spec", true, cx);
     // The identity `spiffe://<td>/ns/<ns>/sa/<sa>` must be a valid SPIFFE ID.
@@ -286,6 +288,14 @@ pub(super) fn workload_entry(we: &WorkloadEntry, cx: &mut Ctx<'_>) {
         && let Err(e) = dns1123_subdomain_sa(sa)
     {
         cx.error("spec.serviceAccount", e);
+    }
+    // The control plane's own identity is `spiffe://<td>/ns/<root>/sa/trustmesh-control-plane`
+    // and proxies trust whoever presents it; no workload may be given that name.
+    if we.spec.service_account.as_deref() == Some(CONTROL_PLANE_SERVICE_ACCOUNT) {
+        cx.error(
+            "spec.serviceAccount",
+            format!("{CONTROL_PLANE_SERVICE_ACCOUNT} is reserved for the trustmesh control plane"),
+        );
     }
 }
 
@@ -636,6 +646,12 @@ mod tests {
         assert_valid(&we(
             json!({"address": "127.0.1.2", "ports": {"http": 8080}, "serviceAccount": "orders", "labels": {"app": "orders"}, "network": "us", "locality": "us-east/1", "weight": 1}),
         ));
+        // The control plane's identity is not for workloads.
+        assert_error(
+            &we(json!({"address": "127.0.1.2", "serviceAccount": "trustmesh-control-plane"})),
+            "spec.serviceAccount",
+            "reserved for the trustmesh control plane",
+        );
     }
 
     #[test]

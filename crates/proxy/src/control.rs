@@ -37,7 +37,7 @@ use crate::clock::Clock;
 use crate::state::{CurrentCert, Shared};
 
 /// The service account the control plane's SVID names, in the root namespace.
-pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "trustmesh-control-plane";
+pub use trustmesh_core::identity::CONTROL_PLANE_SERVICE_ACCOUNT;
 
 /// How long a TCP connect plus TLS handshake to the control plane may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -159,17 +159,26 @@ impl ControlPlane {
     }
 
     /// The identities the control plane may present: `spiffe://<td>/ns/<root>/sa/
-    /// trustmesh-control-plane` for every trust domain of the current bundles.
+    /// trustmesh-control-plane`. Once a config has arrived, `<td>` is the mesh's own trust
+    /// domain only — the control plane's SVID is always issued there, and a federated
+    /// region's CA (its roots are in the bundles too) must never be able to act as this
+    /// mesh's control plane. Before the first config (bootstrap), every trust domain of the
+    /// bootstrap bundle the operator handed the proxy.
     pub fn allowed(&self) -> Result<(Arc<TrustBundleSet>, Allowed), ControlError> {
         let view = self.shared.view();
-        let root = view.as_ref().map_or(self.root_namespace.as_str(), |v| {
-            v.snapshot.mesh().root_namespace.as_str()
-        });
         let bundles = self.bundles();
-        let ids: Vec<SpiffeId> = bundles
-            .trust_domains()
-            .filter_map(|td| control_plane_id(td, root))
-            .collect();
+        let ids: Vec<SpiffeId> = match &view {
+            Some(v) => {
+                let mesh = v.snapshot.mesh();
+                control_plane_id(&mesh.trust_domain, &mesh.root_namespace)
+                    .into_iter()
+                    .collect()
+            }
+            None => bundles
+                .trust_domains()
+                .filter_map(|td| control_plane_id(td, &self.root_namespace))
+                .collect(),
+        };
         if ids.is_empty() {
             return Err(ControlError::NoBundle { addr: self.addr });
         }
@@ -309,7 +318,7 @@ mod tests {
                 "spiffe://us.example/ns/istio-system/sa/trustmesh-control-plane",
             ]
         );
-        // With a config: its root namespace and its bundles (only us.example here).
+        // With a config: its root namespace and the mesh's own trust domain only.
         let cfg = ProxyConfig::from_json(
             br#"{"workload":"shop/web","resources":[
             {"apiVersion":"trustmesh.io/v1alpha1","kind":"MeshConfig","metadata":{"name":"m"},
@@ -321,12 +330,22 @@ mod tests {
         let update = ProxyUpdate {
             version: 1,
             config_json: cfg.to_json().unwrap(),
-            bundles: [(
-                "us.example".to_owned(),
-                Certificates {
-                    der: vec![us_ca.root_der().to_vec()],
-                },
-            )]
+            // A federated region's roots come along; its CA must not be able to act as
+            // this mesh's control plane.
+            bundles: [
+                (
+                    "us.example".to_owned(),
+                    Certificates {
+                        der: vec![us_ca.root_der().to_vec()],
+                    },
+                ),
+                (
+                    "eu.example".to_owned(),
+                    Certificates {
+                        der: vec![eu_ca.root_der().to_vec()],
+                    },
+                ),
+            ]
             .into_iter()
             .collect(),
             rotation: 0,
