@@ -8,11 +8,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod common;
+use common::{bin, run, s, text};
 
 const CONFIG: &str = r#"apiVersion: trustmesh.io/v1alpha1
 kind: MeshConfig
@@ -29,26 +32,6 @@ kind: PeerAuthentication
 metadata: {name: default, namespace: istio-system}
 spec: {mtls: {mode: STRICT}}
 "#;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_trustmesh"));
-    c.env_remove("TRUSTMESH_STATE")
-        .env_remove("TRUSTMESH_CONFIG")
-        .env_remove("RUST_LOG");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run trustmesh")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// A child process that is stopped (SIGKILL, by PID) if the test ends without stopping it.
 struct Guard(Option<Child>);

@@ -5,117 +5,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use trustmesh_core::{SpiffeId, TrustDomain};
 use trustmesh_pki::CaStore;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_trustmesh"));
-    c.env_remove("TRUSTMESH_STATE")
-        .env_remove("TRUSTMESH_CONFIG")
-        .env_remove("RUST_LOG");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run trustmesh")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A child process, stopped by PID when the test ends; its stderr goes to a file.
-struct Proc {
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-    log: std::path::PathBuf,
-}
-
-impl Proc {
-    fn start(args: &[&str], log: &Path) -> Self {
-        let mut child = bin()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self {
-            child: Some(child),
-            lines,
-            log: log.to_owned(),
-        }
-    }
-
-    /// The first stdout line, within `within`.
-    fn ready_line(&self, within: Duration) -> String {
-        self.lines.recv_timeout(within).unwrap_or_else(|e| {
-            panic!(
-                "no ready line ({e}); log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            )
-        })
-    }
-
-    /// SIGTERM, then the exit status (SIGKILL after `within`).
-    fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        let child = self.child.as_mut().unwrap();
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                self.child = None;
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit within {within:?} of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-}
+mod common;
+use common::{Proc, field, run, s, text};
 
 /// One plain HTTP/1.1 request: status and body.
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
