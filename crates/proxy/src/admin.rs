@@ -142,6 +142,17 @@ impl Admin {
         if !peer.ip().is_loopback() {
             return text(StatusCode::FORBIDDEN, "admin is loopback only\n");
         }
+        // A web page in a browser on this machine is loopback too, but no operator: refuse a
+        // cross-site request (browsers send `Origin` with it) and a DNS-rebound one (its Host
+        // is the attacker's name, not localhost or a loopback address).
+        if req.headers().contains_key(header::ORIGIN)
+            || !host_is_loopback(req.headers().get(header::HOST))
+        {
+            return text(
+                StatusCode::FORBIDDEN,
+                "admin takes no browser requests (Origin, or a Host that is not loopback)\n",
+            );
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/ready") => ready(&self.shared),
             (&Method::GET, "/certs") => self.certs(),
@@ -356,6 +367,26 @@ pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// Whether a `Host` header names this machine's loopback: `localhost` or a loopback IP, with
+/// or without a port. No header (HTTP/1.0, or a hand-made request) is not a browser's.
+fn host_is_loopback(host: Option<&header::HeaderValue>) -> bool {
+    let Some(host) = host else { return true };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +431,48 @@ mod tests {
         assert_eq!(call(&a, "127.0.0.1:1", "GET", "/config_dump").await.0, 503);
         assert_eq!(call(&a, "127.0.0.1:1", "DELETE", "/certs").await.0, 405);
         assert_eq!(call(&a, "127.0.0.1:1", "GET", "/stats").await.0, 404);
+    }
+
+    /// A page in a local browser must not rotate certificates or read the config:
+    /// cross-site requests carry `Origin`, DNS-rebound ones a foreign `Host`.
+    #[tokio::test]
+    async fn admin_refuses_browser_requests() {
+        let a = admin(None);
+        let with = |name: header::HeaderName, value: &str| {
+            Request::builder()
+                .method("POST")
+                .uri("/rotate")
+                .header(name, value)
+                .body(())
+                .unwrap()
+        };
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        for r in [
+            with(header::ORIGIN, "http://evil.example"),
+            with(header::HOST, "evil.example:15000"),
+            with(header::HOST, "127.0.1.3.evil.example"),
+        ] {
+            let resp = a.clone().handle(peer, r).await;
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        }
+        for host in [
+            "127.0.1.3:15000",
+            "localhost:15000",
+            "[::1]:15000",
+            "127.0.0.1",
+        ] {
+            assert!(
+                host_is_loopback(Some(&header::HeaderValue::from_static(host))),
+                "{host}"
+            );
+        }
+        let r = Request::builder()
+            .method("GET")
+            .uri("/ready")
+            .header(header::HOST, "127.0.1.3:15000")
+            .body(())
+            .unwrap();
+        assert_eq!(a.clone().handle(peer, r).await.status(), 503);
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let r = exchange(
         s,
         format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     )
