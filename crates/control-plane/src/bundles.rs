@@ -119,7 +119,18 @@ pub fn mesh_bundles(
                     format!("caCertificates pem: {e}"),
                 )),
             },
-            CaSource::BundleFile(path) => match read_bundle_file(path, targets) {
+            // A bundle set names its own trust domains. Without `trustDomains` on the entry,
+            // it may not add roots to a trust domain this control plane runs a CA for: a
+            // partner's (or a tampered) file must never widen who can be *us*.
+            CaSource::BundleFile(path) => match read_bundle_file(
+                path,
+                targets,
+                if entry.trust_domains.is_empty() {
+                    Some(cas)
+                } else {
+                    None
+                },
+            ) {
                 Ok(Some(found)) => set.merge(&found),
                 Ok(None) => {}
                 Err(issue) => issues.push(issue),
@@ -151,11 +162,13 @@ fn mesh_config_issue(snapshot: &Snapshot, message: String) -> ConfigIssue {
 }
 
 /// Reads a `spiffeBundleUrl` file: a bare SPIFFE bundle (JWKS) or PEM roots for `targets`,
-/// or a bundle set `{"<td>": <bundle>}` (only the `targets` of it when the entry names trust
-/// domains). `None` if the file does not exist (yet).
+/// or a bundle set `{"<td>": <bundle>}`: the `targets` of it when the entry names trust
+/// domains (`own` is `None`), else every trust domain it names except those in `own`. `None`
+/// if the file does not exist (yet).
 fn read_bundle_file(
     path: &Path,
     targets: &[TrustDomain],
+    own: Option<&Cas>,
 ) -> Result<Option<TrustBundleSet>, ConfigIssue> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
@@ -182,7 +195,13 @@ fn read_bundle_file(
     })?;
     let mut set = TrustBundleSet::new();
     for (td, bundle) in whole.iter() {
-        if targets.contains(td) {
+        // Named on the entry: exactly those. Not named: every trust domain the set itself
+        // names, except our own.
+        let take = match own {
+            Some(cas) => !cas.contains_key(td),
+            None => targets.contains(td),
+        };
+        if take {
             set.insert(td.clone(), bundle.clone());
         }
     }
@@ -326,6 +345,50 @@ mod tests {
             proto["us.test"]
                 .der
                 .contains(&us.root_der().as_ref().to_vec())
+        );
+    }
+
+    /// A combined bundle set (what `trustmesh bundle combine` writes) referenced without
+    /// `trustDomains` brings the partner's roots, but never roots for a trust domain this
+    /// control plane runs a CA for; naming that trust domain on the entry is the opt-in.
+    #[test]
+    fn a_bundle_set_cannot_add_roots_to_our_own_trust_domain_unless_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("cfg");
+        let state = tmp.path().join("state");
+        fs::create_dir_all(&cfg).unwrap();
+        let now = SystemTime::now();
+        let impostor = Ca::generate(&td("us.test"), now).unwrap();
+        let partner = Ca::generate(&td("eu.test"), now).unwrap();
+        let mut file_set = TrustBundleSet::new();
+        file_set
+            .add_root(&td("us.test"), impostor.root_der().clone())
+            .unwrap();
+        file_set
+            .add_root(&td("eu.test"), partner.root_der().clone())
+            .unwrap();
+        fs::write(cfg.join("combined.json"), file_set.to_json().unwrap()).unwrap();
+        let store = CaStore::new(&state);
+        let mesh = |extra: &str| {
+            format!(
+                "apiVersion: trustmesh.io/v1alpha1\nkind: MeshConfig\nmetadata:\n  name: m\nspec:\n  trustDomain: us.test\n  caCertificates:\n    - spiffeBundleUrl: combined.json\n{extra}"
+            )
+        };
+        let snap = snapshot(&mesh(""), &cfg);
+        let cas = load_cas(&snap, &store, &Cas::new(), now).unwrap();
+        let set = mesh_bundles(&snap, &store, &cas, &state).unwrap();
+        assert!(set.roots(&td("eu.test")).contains(partner.root_der()));
+        assert!(!set.roots(&td("us.test")).contains(impostor.root_der()));
+        assert_eq!(
+            set.roots(&td("us.test")),
+            [cas[&td("us.test")].root_der().clone()]
+        );
+
+        let snap = snapshot(&mesh("      trustDomains: [us.test, eu.test]\n"), &cfg);
+        let set = mesh_bundles(&snap, &store, &cas, &state).unwrap();
+        assert!(
+            set.roots(&td("us.test")).contains(impostor.root_der()),
+            "named: opted in"
         );
     }
 
