@@ -98,6 +98,19 @@ fn proxy_flags_are_checked_before_anything_starts() {
         err.contains("bootstrap bundle") || err.contains("<namespace>/<name>"),
         "{err}"
     );
+
+    // A proxy needs at least one worker thread (clap's usage error: exit 2).
+    let o = run(&[
+        "proxy",
+        "--workload",
+        "shop/web",
+        "--bundle",
+        s(&bundle),
+        "--workers",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("--workers"), "{}", text(&o.stderr));
 }
 
 const TD: &str = "td.test";
