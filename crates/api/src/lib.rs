@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use trustmesh_core::model::{Kind, Resource};
+use trustmesh_core::snapshot::{Sourced, SourcedResource};
 
 /// Generated from `proto/mesh.proto`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
@@ -67,6 +68,18 @@ impl ProxyConfig {
     /// Decodes `ProxyUpdate.config_json`.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ApiError> {
         serde_json::from_slice(bytes).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
+    /// The resources as `Snapshot::build` takes them, so the proxy validates and snapshots
+    /// them with the same code the control plane ran. Pushed resources have no file of origin.
+    pub fn into_sources(self) -> Vec<SourcedResource> {
+        self.resources
+            .into_iter()
+            .map(|object| Sourced {
+                origin: None,
+                object,
+            })
+            .collect()
     }
 }
 

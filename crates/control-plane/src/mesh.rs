@@ -212,15 +212,7 @@ spec: {selfSigned: {}}
         // What the proxy does with it: the same validation, the same snapshot contents.
         let back = ProxyConfig::from_json(&cfg.to_json().unwrap()).unwrap();
         assert_eq!(back, cfg);
-        let sourced = back
-            .resources
-            .into_iter()
-            .map(|object| trustmesh_core::snapshot::Sourced {
-                origin: None,
-                object,
-            })
-            .collect();
-        let (rebuilt, _) = Snapshot::build(sourced).unwrap();
+        let (rebuilt, _) = Snapshot::build(back.into_sources()).unwrap();
         assert_eq!(
             rebuilt.workload("shop", "web").unwrap().identity,
             web.identity

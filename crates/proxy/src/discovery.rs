@@ -18,7 +18,7 @@ use trustmesh_api::ProxyConfig;
 use trustmesh_api::mesh::discovery_client::DiscoveryClient;
 use trustmesh_api::mesh::{ProxyUpdate, StreamRequest};
 use trustmesh_core::authz::{InboundPolicy, PolicySet};
-use trustmesh_core::snapshot::{Snapshot, Sourced};
+use trustmesh_core::snapshot::Snapshot;
 use trustmesh_pki::TrustBundleSet;
 
 use crate::clock::Clock;
@@ -108,24 +108,17 @@ pub fn compile_view(
             version,
         });
     }
-    let resources = config
-        .resources
-        .into_iter()
-        .map(|object| Sourced {
-            origin: None,
-            object,
-        })
-        .collect();
-    let (snapshot, warnings) = Snapshot::build(resources).map_err(|f| UpdateError::Invalid {
-        workload: workload.clone(),
-        version,
-        errors: f
-            .errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
-    })?;
+    let (snapshot, warnings) =
+        Snapshot::build(config.into_sources()).map_err(|f| UpdateError::Invalid {
+            workload: workload.clone(),
+            version,
+            errors: f
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        })?;
     for w in &warnings {
         debug!(%workload, version, warning = %w, "config warning");
     }

@@ -75,19 +75,10 @@ pub fn port_protocol(snapshot: &Snapshot, w: &Workload, port: u16) -> Protocol {
 mod tests {
     use super::*;
     use trustmesh_api::ProxyConfig;
-    use trustmesh_core::snapshot::Sourced;
 
     fn snapshot(json: &str) -> Snapshot {
         let cfg = ProxyConfig::from_json(json.as_bytes()).unwrap();
-        let resources = cfg
-            .resources
-            .into_iter()
-            .map(|object| Sourced {
-                origin: None,
-                object,
-            })
-            .collect();
-        Snapshot::build(resources).unwrap().0
+        Snapshot::build(cfg.into_sources()).unwrap().0
     }
 
     #[test]

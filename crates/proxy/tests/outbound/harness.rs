@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use trustmesh_core::authz::{InboundPolicy, PolicySet};
-use trustmesh_core::snapshot::{Snapshot, Sourced};
+use trustmesh_core::snapshot::Snapshot;
 use trustmesh_core::{SpiffeId, TrustDomain};
 use trustmesh_pki::{
     Ca, IssuedSvid, KeyPair, SpiffeClientVerifier, TrustBundleSet, peer_spiffe_id,
@@ -96,16 +96,7 @@ impl Mesh {
     pub fn install(&self, shared: &Arc<Shared>, resources: Vec<Value>, version: u64) {
         let cfg = json!({"workload": "default/client", "resources": resources});
         let cfg = trustmesh_api::ProxyConfig::from_json(cfg.to_string().as_bytes()).unwrap();
-        let (snapshot, _) = Snapshot::build(
-            cfg.resources
-                .into_iter()
-                .map(|object| Sourced {
-                    origin: None,
-                    object,
-                })
-                .collect(),
-        )
-        .unwrap_or_else(|f| panic!("{f:?}"));
+        let (snapshot, _) = Snapshot::build(cfg.into_sources()).unwrap_or_else(|f| panic!("{f:?}"));
         let workload = snapshot.workload("default", "client").unwrap().clone();
         let policies = PolicySet::from_snapshot(&snapshot);
         let inbound = InboundPolicy::from_snapshot(

@@ -3,21 +3,11 @@
 
 use super::*;
 use serde_json::{Value, json};
-use trustmesh_core::snapshot::Sourced;
 
 fn snapshot(resources: Value) -> Snapshot {
     let cfg = json!({"workload": "default/client", "resources": resources});
     let cfg = trustmesh_api::ProxyConfig::from_json(cfg.to_string().as_bytes()).unwrap();
-    let (snap, _) = Snapshot::build(
-        cfg.resources
-            .into_iter()
-            .map(|object| Sourced {
-                origin: None,
-                object,
-            })
-            .collect(),
-    )
-    .unwrap_or_else(|f| panic!("{f:?}"));
+    let (snap, _) = Snapshot::build(cfg.into_sources()).unwrap_or_else(|f| panic!("{f:?}"));
     snap
 }
 
