@@ -5,7 +5,7 @@
 //! | method, path | does |
 //! |---|---|
 //! | `GET /healthz` | 200 |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /metrics` | Prometheus text (`metrics`; docs/metrics.md "Control plane") |
 //! | `GET /v1/status` | version, last reload result (errors with file/field), connected proxies |
 //! | `GET /v1/workloads` | ns, name, address, identity, connected, last issued serial/notAfter |
 //! | `POST /v1/tokens` | `{"workload":"ns/name","ttlSeconds":3600}` → `{"token":…}` |
@@ -157,15 +157,8 @@ impl Admin {
                     respond(StatusCode::OK, "text/plain", "ok\n")
                 });
             }
-            "/metrics" => {
-                return only(&method, Method::GET, || {
-                    respond(
-                        StatusCode::OK,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        self.shared.render_metrics(),
-                    )
-                });
-            }
+            "/metrics" if method == Method::GET => return self.metrics().await,
+            "/metrics" => return method_not_allowed("GET"),
             _ => {}
         }
         if !path.starts_with("/v1/") {
@@ -206,6 +199,16 @@ impl Admin {
             }
             ("/v1/tokens" | "/v1/rotate", _) => method_not_allowed("POST"),
             _ => error(StatusCode::NOT_FOUND, &format!("no such path {path}")),
+        }
+    }
+
+    /// `GET /metrics`: read off the runtime, since it reads the cert-manager Secret folders
+    /// and `/proc`.
+    async fn metrics(&self) -> Resp {
+        let shared = self.shared.clone();
+        match tokio::task::spawn_blocking(move || crate::metrics::render(&shared)).await {
+            Ok(text) => respond(StatusCode::OK, trustmesh_metrics::CONTENT_TYPE, text),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
     }
 

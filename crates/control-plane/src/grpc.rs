@@ -30,7 +30,6 @@ use trustmesh_pki::{CertInfo, IssuedSvid};
 use crate::bootstrap::find_workload;
 use crate::bundles::to_proto;
 use crate::mesh::proxy_config;
-use crate::metrics::inc;
 use crate::state::{Published, Shared};
 use crate::tls::PeerInfo;
 use crate::tokens::bearer;
@@ -58,7 +57,7 @@ fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
 
 impl CaService {
     fn refuse(&self, status: Status) -> Status {
-        inc(&self.shared.metrics.sign_refusals);
+        self.shared.metrics.sign_refusals.inc();
         status
     }
 
@@ -86,8 +85,9 @@ impl CaService {
         svid: IssuedSvid,
         method: &str,
     ) -> Response<SignResponse> {
+        // `sign_for` signed with the CA of the identity's trust domain.
         self.shared
-            .record_issued(workload, &svid.serial, svid.not_after);
+            .record_issued(workload, &svid, &svid.id.trust_domain());
         tracing::info!(
             workload,
             identity = %svid.id,
@@ -119,7 +119,7 @@ impl CaService {
         let claim = match self.shared.tokens.check(token, &req.workload, now) {
             Ok(c) => c,
             Err(e) if e.is_refusal() => {
-                inc(&self.shared.metrics.token_refusals);
+                self.shared.metrics.token_refusals.inc();
                 tracing::warn!(peer = %peer.addr, workload = %req.workload, reason = %e, "join token refused");
                 return Err(self.refuse(Status::permission_denied(e.to_string())));
             }
@@ -139,7 +139,7 @@ impl CaService {
         // "A token is bound to one workload identity" (issue 4): a config change that gave
         // the workload another identity voids the token.
         if claim.record().identity != w.identity.as_str() {
-            inc(&self.shared.metrics.token_refusals);
+            self.shared.metrics.token_refusals.inc();
             tracing::warn!(peer = %peer.addr, workload = %req.workload, token_identity = %claim.record().identity, identity = %w.identity, "join token refused: the workload's identity changed since the token was made");
             return Err(self.refuse(Status::permission_denied(format!(
                 "join token was made for {}, but workload {} is now {}; create a new token",
@@ -153,7 +153,7 @@ impl CaService {
             tracing::error!(workload = %req.workload, error = %e, "could not mark the join token used; not issuing");
             Status::internal(e.to_string())
         })?;
-        inc(&self.shared.metrics.signed_bootstrap);
+        self.shared.metrics.signed_bootstrap.inc();
         Ok(self.respond(&published, &req.workload, svid, "join_token"))
     }
 
@@ -191,7 +191,7 @@ impl CaService {
             }
         };
         let svid = self.sign_for(&published, w, &req.csr_der, now)?;
-        inc(&self.shared.metrics.signed_renewal);
+        self.shared.metrics.signed_renewal.inc();
         Ok(self.respond(&published, &req.workload, svid, "svid"))
     }
 }
@@ -255,7 +255,7 @@ impl Discovery for DiscoveryService {
         let peer = peer_of(&request)?;
         let workload = request.into_inner().workload;
         let refuse = |s: Status| {
-            inc(&self.shared.metrics.stream_refusals);
+            self.shared.metrics.stream_refusals.inc();
             s
         };
         let Some(peer_id) = peer.id.clone() else {

@@ -12,8 +12,9 @@
 //! - [`bundles`]: the trust bundles the control plane hands out.
 //! - `mesh`: loading and reloading the config (with CAs and bundles) as one unit; `watch`:
 //!   the folder watcher; `tls`: the control plane's own SVID and its TLS acceptor; `grpc`: the
-//!   `Ca` and `Discovery` services; `admin`: the HTTP admin API; `metrics`; `certs`: the
-//!   cert-manager controller loop.
+//!   `Ca` and `Discovery` services; `admin`: the HTTP admin API; `metrics`: the catalogue of
+//!   docs/metrics.md "Control plane" and its exposition; `certs`: the cert-manager
+//!   controller loop.
 //!
 //! What does not live here: policy semantics (`trustmesh-core`), certificates and verifiers
 //! (`trustmesh-pki`), the YAML loader (`trustmesh-config`), the proxy.

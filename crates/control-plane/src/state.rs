@@ -9,22 +9,22 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use trustmesh_core::TrustDomain;
 use trustmesh_core::snapshot::Snapshot;
-use trustmesh_pki::TrustBundleSet;
 use trustmesh_pki::fsutil;
+use trustmesh_pki::svid::format_rfc3339;
+use trustmesh_pki::{IssuedSvid, TrustBundleSet};
 
 use crate::bundles::Cas;
 use crate::clock::Clock;
 use crate::error::{ConfigIssue, ControlPlaneError};
 use crate::mesh::Loaded;
-use crate::metrics::{self, Gauges, Metrics};
+use crate::metrics::Metrics;
 use crate::tokens::{JoinTokens, unix};
 
 /// File of the persisted counters, under the state folder.
@@ -66,18 +66,26 @@ pub(crate) struct ReloadStatus {
     pub last_accepted_at: u64,
 }
 
-/// One SVID issued to a workload.
+/// One SVID issued to a workload: what `GET /v1/workloads` shows as `lastIssued` and what
+/// the cert-manager gauges of `/metrics` report for it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Issued {
     /// Serial, lowercase hex.
     pub serial: String,
     /// RFC 3339.
+    pub not_before: String,
+    /// Unix seconds.
+    pub not_before_unix: u64,
+    /// RFC 3339.
     pub not_after: String,
     /// Unix seconds.
     pub not_after_unix: u64,
     /// Unix seconds.
     pub issued_at: u64,
+    /// The trust domain whose CA signed it (the workload's object already shows it).
+    #[serde(skip)]
+    pub trust_domain: String,
 }
 
 /// The persisted counters.
@@ -128,7 +136,7 @@ impl Shared {
         write_counters(&state_dir, &counters)?;
         let now = unix(clock.now());
         let metrics = Metrics::default();
-        metrics::inc(&metrics.reloads_accepted);
+        metrics.reloads_accepted.inc();
         let (published, _) = watch::channel(Published {
             version: counters.version,
             snapshot: loaded.snapshot,
@@ -176,7 +184,7 @@ impl Shared {
             version = p.version;
         });
         self.persist(&self.current());
-        metrics::inc(&self.metrics.reloads_accepted);
+        self.metrics.reloads_accepted.inc();
         *lock(&self.reload) = ReloadStatus {
             at: now,
             result: "accepted",
@@ -190,7 +198,7 @@ impl Shared {
     /// Records a reload that loaded what is already published: nothing to push.
     pub fn unchanged(&self, warnings: Vec<String>) {
         let now = unix(self.clock.now());
-        metrics::inc(&self.metrics.reloads_accepted);
+        self.metrics.reloads_accepted.inc();
         let mut r = lock(&self.reload);
         r.at = now;
         r.result = "accepted";
@@ -201,7 +209,7 @@ impl Shared {
     /// Records a rejected reload; what is published stays.
     pub fn reject(&self, issues: Vec<ConfigIssue>) {
         let now = unix(self.clock.now());
-        metrics::inc(&self.metrics.reloads_rejected);
+        self.metrics.reloads_rejected.inc();
         let mut r = lock(&self.reload);
         r.at = now;
         r.result = "rejected";
@@ -257,15 +265,18 @@ impl Shared {
         lock(&self.streams).clone()
     }
 
-    /// Records an SVID issued to `workload`.
-    pub fn record_issued(&self, workload: &str, serial: &str, not_after: SystemTime) {
+    /// Records an SVID issued to `workload` by the CA of `trust_domain`.
+    pub fn record_issued(&self, workload: &str, svid: &IssuedSvid, trust_domain: &TrustDomain) {
         lock(&self.issued).insert(
             workload.to_owned(),
             Issued {
-                serial: serial.to_owned(),
-                not_after: trustmesh_pki::svid::format_rfc3339(not_after),
-                not_after_unix: unix(not_after),
+                serial: svid.serial.clone(),
+                not_before: format_rfc3339(svid.not_before),
+                not_before_unix: unix(svid.not_before),
+                not_after: format_rfc3339(svid.not_after),
+                not_after_unix: unix(svid.not_after),
                 issued_at: unix(self.clock.now()),
+                trust_domain: trust_domain.as_str().to_owned(),
             },
         );
     }
@@ -275,25 +286,9 @@ impl Shared {
         lock(&self.issued).clone()
     }
 
-    /// The values `/metrics` reads at scrape time.
-    pub fn gauges(&self) -> Gauges {
-        let r = lock(&self.reload);
-        Gauges {
-            config_version: self.published.borrow().version,
-            connected_proxies: self.streams().values().map(|n| *n as u64).sum(),
-            last_reload_ok: r.result == "accepted",
-            last_accepted_unix: r.last_accepted_at,
-        }
-    }
-
-    /// `/metrics`.
-    pub fn render_metrics(&self) -> String {
-        self.metrics.render(self.gauges())
-    }
-
     /// Counts a sent update.
     pub fn update_sent(&self) {
-        self.metrics.updates_sent.fetch_add(1, Ordering::Relaxed);
+        self.metrics.updates_sent.inc();
     }
 }
 
