@@ -19,6 +19,7 @@ mod enable;
 mod http;
 mod output;
 mod probe;
+mod prometheus;
 mod proxy;
 mod rotate;
 mod token;

@@ -2,7 +2,9 @@
 //! `WorkloadEntry` of the folder, a join token, the demo app it asks for, and its proxy — each
 //! a separate process of this same binary — supervises them (a process that dies is started
 //! again after a backoff), shows a live view of workloads, identities, certificate expiry,
-//! modes and request counts, and on Ctrl-C stops everything it started, by PID.
+//! modes and request counts, and on Ctrl-C stops everything it started, by PID. When the
+//! `prometheus` binary is installed it also runs a Prometheus on loopback that scrapes every
+//! process and evaluates the shipped alert rules (`--prometheus`).
 //!
 //! The processes talk only through the contracts of `docs/mesh-runtime.md`; `up` adds no
 //! behaviour of its own to the mesh.
@@ -23,8 +25,8 @@ use trustmesh_api::{CONTROL_PLANE_ADMIN_PORT, PROXY_ADMIN_PORT};
 use trustmesh_core::snapshot::Workload;
 
 use crate::StateArgs;
-use crate::http;
 use crate::output::{render, table};
+use crate::{http, prometheus};
 
 /// WorkloadEntry annotation: where the app behind the proxy listens.
 pub const APP_ADDRESS_ANNOTATION: &str = "trustmesh.io/app-address";
@@ -45,6 +47,27 @@ pub struct UpArgs {
     /// Stop after this long (for scripts and tests); default: until Ctrl-C.
     #[arg(long, value_parser = parse_secs)]
     pub duration: Option<Duration>,
+    /// Run Prometheus beside the mesh: `auto` when the `prometheus` binary is on PATH
+    /// (Debian package `prometheus`), `on` (fail if it is not), `off`.
+    #[arg(long, value_enum, default_value_t = PrometheusMode::Auto)]
+    pub prometheus: PrometheusMode,
+    /// Where that Prometheus listens.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub prometheus_listen: SocketAddr,
+    /// How often it scrapes the mesh and evaluates the alert rules.
+    #[arg(long, value_parser = parse_secs, default_value = "5")]
+    pub scrape_interval: Duration,
+}
+
+/// Whether `up` runs Prometheus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrometheusMode {
+    /// When it is installed.
+    Auto,
+    /// Always; an error when it is not installed.
+    On,
+    /// Never.
+    Off,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -87,6 +110,8 @@ pub fn app_address(w: &Workload, annotations: &BTreeMap<String, String>) -> Resu
 struct Proc {
     /// What it is, e.g. `proxy production/orders`.
     label: String,
+    /// Another program than this binary (Prometheus).
+    program: Option<PathBuf>,
     /// How to start it (program args after the binary); re-run on restart.
     args: Vec<String>,
     /// For proxies: the workload, whose join token is made anew before each start.
@@ -115,7 +140,7 @@ impl Mesh {
             .append(true)
             .open(&p.log)
             .with_context(|| format!("opening {}", p.log.display()))?;
-        let child = Command::new(&self.exe)
+        let child = Command::new(p.program.as_ref().unwrap_or(&self.exe))
             .args(&p.args)
             .env("TRUSTMESH_STATE", &self.state)
             .stdin(Stdio::null())
@@ -250,6 +275,7 @@ async fn up(a: UpArgs) -> Result<ExitCode> {
     let s = |p: &Path| p.display().to_string();
     mesh.procs.push(Proc {
         label: "control-plane".into(),
+        program: None,
         args: vec![
             "control-plane".into(),
             "--config".into(),
@@ -278,6 +304,7 @@ async fn up(a: UpArgs) -> Result<ExitCode> {
             for port in w.ports.values() {
                 mesh.procs.push(Proc {
                     label: format!("demo-app {key} :{port}"),
+                    program: None,
                     args: vec![
                         "demo-app".into(),
                         "--listen".into(),
@@ -296,6 +323,7 @@ async fn up(a: UpArgs) -> Result<ExitCode> {
         let dir = mesh.proxy_dir(&key);
         mesh.procs.push(Proc {
             label: format!("proxy {key}"),
+            program: None,
             args: vec![
                 "proxy".into(),
                 "--workload".into(),
@@ -316,6 +344,35 @@ async fn up(a: UpArgs) -> Result<ExitCode> {
             log: logs.join(format!("proxy-{}-{}.log", w.namespace, w.name)),
         });
     }
+
+    let prometheus = match (a.prometheus, prometheus::find()) {
+        (PrometheusMode::Off, _) | (PrometheusMode::Auto, None) => None,
+        (PrometheusMode::On, None) => bail!(
+            "--prometheus on: no `prometheus` binary on PATH (Debian: apt-get install prometheus)"
+        ),
+        (_, Some(bin)) => {
+            let targets: Vec<prometheus::Target> = apps
+                .iter()
+                .map(|(workload, address, _)| prometheus::Target {
+                    workload: workload.clone(),
+                    address: *address,
+                })
+                .collect();
+            let args =
+                prometheus::prepare(&state, &targets, a.scrape_interval, a.prometheus_listen)?;
+            mesh.procs.push(Proc {
+                label: "prometheus".into(),
+                program: Some(bin),
+                args,
+                workload: None,
+                child: None,
+                restarts: 0,
+                next_start: None,
+                log: logs.join("prometheus.log"),
+            });
+            Some(a.prometheus_listen)
+        }
+    };
 
     // The control plane first: proxies bootstrap against it.
     mesh.start(0).await?;
@@ -339,6 +396,16 @@ async fn up(a: UpArgs) -> Result<ExitCode> {
         a.dir.display(),
         logs.display()
     );
+    match prometheus {
+        Some(listen) => println!(
+            "Prometheus on http://{listen} scrapes the control plane and every proxy every {}s and evaluates the alert rules (http://{listen}/alerts); dashboard to import into Grafana: deploy/observability/grafana/mtls-security.json",
+            a.scrape_interval.as_secs()
+        ),
+        None if a.prometheus == PrometheusMode::Auto => println!(
+            "metrics: http://127.0.0.1:{CONTROL_PLANE_ADMIN_PORT}/metrics and http://<workload address>:15090/metrics (install the Debian package `prometheus` and `up` runs Prometheus too)"
+        ),
+        None => {}
+    }
 
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal() && !a.plain;

@@ -219,8 +219,14 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Starts the mesh and waits until every proxy is ready.
+    /// Starts the mesh and waits until every proxy is ready. No Prometheus: that is
+    /// `prometheus_e2e`'s subject, here it would only add load.
     pub fn start() -> Mesh {
+        Self::start_with(&["--prometheus", "off"])
+    }
+
+    /// [`Mesh::start`] with more flags for `up`.
+    pub fn start_with(up_args: &[&str]) -> Mesh {
         let one = ONE_MESH.lock().unwrap_or_else(PoisonError::into_inner);
         // Someone else's mesh (a `trustmesh up` by hand, another checkout's tests) may hold the
         // ports for a while: wait for it, boundedly.
@@ -258,6 +264,7 @@ impl Mesh {
         let log = std::fs::File::create(&up_log).expect("up log");
         let up = bin()
             .args(["up", s(&config), "--state", s(&state), "--plain"])
+            .args(up_args)
             // A safety net should this test process itself be killed: `up` stops by itself.
             .args(["--duration", "600"])
             .stdin(Stdio::null())
