@@ -1,8 +1,10 @@
 //! What the control plane's tasks share: the published state proxies are streamed
 //! ([`Published`], in a `watch` channel so every change wakes every stream), the CAs, the
-//! reload status, who is connected, what was issued, and the counters kept in the state
-//! folder (`state/control-plane.json`: the config version and each workload's rotation
-//! counter, so both keep increasing across restarts as `mesh.proto` promises).
+//! reload status, who is connected, what was issued, and what is kept in the state folder
+//! (`state/control-plane.json`: the config version and each workload's rotation counter, so
+//! both keep increasing across restarts as `mesh.proto` promises, and the last SVID signed
+//! for each workload, so `/v1/workloads` and the cert-manager gauges of `/metrics` still
+//! show it after a restart, before the proxy renews).
 //! What does not live here: serving (`grpc`, `admin`), loading (`mesh`).
 
 use std::collections::BTreeMap;
@@ -10,6 +12,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
@@ -27,8 +30,8 @@ use crate::mesh::Loaded;
 use crate::metrics::Metrics;
 use crate::tokens::{JoinTokens, unix};
 
-/// File of the persisted counters, under the state folder.
-pub(crate) const COUNTERS_FILE: &str = "control-plane.json";
+/// File of the persisted counters and issued SVIDs, under the state folder.
+pub(crate) const STATE_FILE: &str = "control-plane.json";
 
 /// What proxies are streamed; replaced whole on every change.
 #[derive(Debug, Clone)]
@@ -88,13 +91,85 @@ pub(crate) struct Issued {
     pub trust_domain: String,
 }
 
-/// The persisted counters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+impl Issued {
+    /// From the persisted record; the RFC 3339 forms are derived from the Unix seconds
+    /// (certificate times are whole seconds, so they read as they did when signed).
+    fn from_record(r: IssuedRecord) -> Self {
+        let rfc3339 = |s: u64| format_rfc3339(UNIX_EPOCH + Duration::from_secs(s));
+        Self {
+            not_before: rfc3339(r.not_before_unix),
+            not_after: rfc3339(r.not_after_unix),
+            serial: r.serial,
+            not_before_unix: r.not_before_unix,
+            not_after_unix: r.not_after_unix,
+            issued_at: r.issued_at,
+            trust_domain: r.trust_domain,
+        }
+    }
+
+    fn to_record(&self) -> IssuedRecord {
+        IssuedRecord {
+            serial: self.serial.clone(),
+            not_before_unix: self.not_before_unix,
+            not_after_unix: self.not_after_unix,
+            issued_at: self.issued_at,
+            trust_domain: self.trust_domain.clone(),
+        }
+    }
+}
+
+/// What `state/control-plane.json` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Counters {
+struct Persisted {
+    /// The config version last published.
     version: u64,
+    /// `ns/name` → rotation counter.
     #[serde(default)]
     rotations: BTreeMap<String, u64>,
+    /// `ns/name` → the last SVID signed for it. Absent in files written before it existed.
+    #[serde(default)]
+    issued: BTreeMap<String, IssuedRecord>,
+}
+
+/// One entry of [`Persisted::issued`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IssuedRecord {
+    /// Serial, lowercase hex.
+    serial: String,
+    /// Unix seconds.
+    not_before_unix: u64,
+    /// Unix seconds.
+    not_after_unix: u64,
+    /// Unix seconds.
+    issued_at: u64,
+    /// The trust domain whose CA signed it.
+    trust_domain: String,
+}
+
+impl IssuedRecord {
+    /// What serde cannot check: a record that fails here was not written by the control
+    /// plane.
+    fn check(&self) -> Result<(), String> {
+        if self.serial.is_empty()
+            || !self
+                .serial
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(format!("serial {:?} is not lowercase hex", self.serial));
+        }
+        if self.not_before_unix > self.not_after_unix {
+            return Err(format!(
+                "notBeforeUnix {} is after notAfterUnix {}",
+                self.not_before_unix, self.not_after_unix
+            ));
+        }
+        TrustDomain::new(&self.trust_domain)
+            .map_err(|e| format!("trustDomain {:?}: {e}", self.trust_domain))?;
+        Ok(())
+    }
 }
 
 /// Everything the tasks share.
@@ -113,8 +188,8 @@ pub(crate) struct Shared {
     reload: Mutex<ReloadStatus>,
     streams: Mutex<BTreeMap<String, usize>>,
     issued: Mutex<BTreeMap<String, Issued>>,
-    /// Serializes updates of the persisted counters.
-    counters: Mutex<()>,
+    /// Serializes updates of `state/control-plane.json`; taken before `issued`.
+    persisting: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,17 +206,22 @@ impl Shared {
         admin_token: String,
         loaded: Loaded,
     ) -> Result<Self, ControlPlaneError> {
-        let mut counters = read_counters(&state_dir)?;
-        counters.version += 1;
-        write_counters(&state_dir, &counters)?;
+        let mut persisted = read_state(&state_dir)?;
+        persisted.version += 1;
+        write_state(&state_dir, &persisted)?;
+        let issued = persisted
+            .issued
+            .into_iter()
+            .map(|(w, r)| (w, Issued::from_record(r)))
+            .collect();
         let now = unix(clock.now());
         let metrics = Metrics::default();
         metrics.reloads_accepted.inc();
         let (published, _) = watch::channel(Published {
-            version: counters.version,
+            version: persisted.version,
             snapshot: loaded.snapshot,
             bundles: loaded.bundles,
-            rotations: Arc::new(counters.rotations),
+            rotations: Arc::new(persisted.rotations),
         });
         Ok(Self {
             tokens: JoinTokens::new(&state_dir),
@@ -161,8 +241,8 @@ impl Shared {
                 last_accepted_at: now,
             }),
             streams: Mutex::new(BTreeMap::new()),
-            issued: Mutex::new(BTreeMap::new()),
-            counters: Mutex::new(()),
+            issued: Mutex::new(issued),
+            persisting: Mutex::new(()),
         })
     }
 
@@ -175,7 +255,7 @@ impl Shared {
     pub fn accept(&self, loaded: Loaded) -> u64 {
         let now = unix(self.clock.now());
         self.cas.store(Arc::new(loaded.cas));
-        let _guard = lock(&self.counters);
+        let _guard = lock(&self.persisting);
         let mut version = 0;
         self.published.send_modify(|p| {
             p.version += 1;
@@ -183,7 +263,7 @@ impl Shared {
             p.bundles = loaded.bundles;
             version = p.version;
         });
-        self.persist(&self.current());
+        self.persist();
         self.metrics.reloads_accepted.inc();
         *lock(&self.reload) = ReloadStatus {
             at: now,
@@ -225,7 +305,7 @@ impl Shared {
     /// Increments the rotation counter of each workload and wakes the streams; returns the
     /// new counters.
     pub fn rotate(&self, workloads: &[String]) -> Vec<(String, u64)> {
-        let _guard = lock(&self.counters);
+        let _guard = lock(&self.persisting);
         let mut out = Vec::new();
         self.published.send_modify(|p| {
             let mut r = (*p.rotations).clone();
@@ -236,18 +316,28 @@ impl Shared {
             }
             p.rotations = Arc::new(r);
         });
-        self.persist(&self.current());
+        self.persist();
         out
     }
 
-    fn persist(&self, p: &Published) {
-        let counters = Counters {
+    /// Writes what is published and issued now to `state/control-plane.json`. The caller
+    /// holds `persisting`, so writes land in the order of the changes they carry.
+    fn persist(&self) {
+        let p = self.current();
+        let persisted = Persisted {
             version: p.version,
             rotations: (*p.rotations).clone(),
+            issued: lock(&self.issued)
+                .iter()
+                .map(|(w, i)| (w.clone(), i.to_record()))
+                .collect(),
         };
-        if let Err(e) = write_counters(&self.state_dir, &counters) {
-            // Still increasing for this run; only a restart could step back.
-            tracing::error!(error = %e, "could not persist the config version and rotation counters");
+        if let Err(e) = write_state(&self.state_dir, &persisted) {
+            // Still right for this run; only a restart could step back.
+            tracing::error!(
+                error = %e,
+                "could not persist the config version, rotation counters and issued SVIDs"
+            );
         }
     }
 
@@ -265,23 +355,25 @@ impl Shared {
         lock(&self.streams).clone()
     }
 
-    /// Records an SVID issued to `workload` by the CA of `trust_domain`.
+    /// Records an SVID issued to `workload` by the CA of `trust_domain`, in memory and in
+    /// the state folder.
     pub fn record_issued(&self, workload: &str, svid: &IssuedSvid, trust_domain: &TrustDomain) {
-        lock(&self.issued).insert(
-            workload.to_owned(),
-            Issued {
-                serial: svid.serial.clone(),
-                not_before: format_rfc3339(svid.not_before),
-                not_before_unix: unix(svid.not_before),
-                not_after: format_rfc3339(svid.not_after),
-                not_after_unix: unix(svid.not_after),
-                issued_at: unix(self.clock.now()),
-                trust_domain: trust_domain.as_str().to_owned(),
-            },
-        );
+        let issued = Issued {
+            serial: svid.serial.clone(),
+            not_before: format_rfc3339(svid.not_before),
+            not_before_unix: unix(svid.not_before),
+            not_after: format_rfc3339(svid.not_after),
+            not_after_unix: unix(svid.not_after),
+            issued_at: unix(self.clock.now()),
+            trust_domain: trust_domain.as_str().to_owned(),
+        };
+        let _guard = lock(&self.persisting);
+        lock(&self.issued).insert(workload.to_owned(), issued);
+        self.persist();
     }
 
-    /// The last SVID issued to each workload by this process.
+    /// The last SVID issued to each workload, by this process or, if none since, by the
+    /// ones before it on this state folder.
     pub fn issued(&self) -> BTreeMap<String, Issued> {
         lock(&self.issued).clone()
     }
@@ -311,24 +403,39 @@ impl Drop for StreamGuard {
     }
 }
 
-fn counters_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(COUNTERS_FILE)
+fn state_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(STATE_FILE)
 }
 
-fn read_counters(state_dir: &Path) -> Result<Counters, ControlPlaneError> {
-    let path = counters_path(state_dir);
-    match fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| ControlPlaneError::CorruptState {
-            path,
+/// Reads `state/control-plane.json`: absent = nothing yet; unreadable or not what
+/// [`write_state`] writes = an error naming the file, never a silent reset (the counters
+/// must not step back).
+fn read_state(state_dir: &Path) -> Result<Persisted, ControlPlaneError> {
+    let path = state_path(state_dir);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Persisted::default()),
+        Err(source) => return Err(ControlPlaneError::State { path, source }),
+    };
+    let persisted: Persisted =
+        serde_json::from_str(&text).map_err(|e| ControlPlaneError::CorruptState {
+            path: path.clone(),
             reason: e.to_string(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Counters::default()),
-        Err(source) => Err(ControlPlaneError::State { path, source }),
+        })?;
+    for (workload, record) in &persisted.issued {
+        record
+            .check()
+            .map_err(|reason| ControlPlaneError::CorruptState {
+                path: path.clone(),
+                reason: format!("issued[{workload:?}]: {reason}"),
+            })?;
     }
+    Ok(persisted)
 }
 
-fn write_counters(state_dir: &Path, c: &Counters) -> Result<(), ControlPlaneError> {
-    let path = counters_path(state_dir);
+/// Replaces `state/control-plane.json` atomically (`fsutil::write_atomic`).
+fn write_state(state_dir: &Path, c: &Persisted) -> Result<(), ControlPlaneError> {
+    let path = state_path(state_dir);
     let json = serde_json::to_vec_pretty(c).map_err(|e| ControlPlaneError::CorruptState {
         path: path.clone(),
         reason: e.to_string(),
@@ -341,4 +448,121 @@ fn write_counters(state_dir: &Path, c: &Counters) -> Result<(), ControlPlaneErro
 /// channel afterwards, so it can sit in `select!` arms of `Send` futures.
 pub(crate) async fn stopping(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> IssuedRecord {
+        IssuedRecord {
+            serial: "1f2e3d".to_owned(),
+            not_before_unix: 1_700_000_000,
+            not_after_unix: 1_700_086_400,
+            issued_at: 1_700_000_060,
+            trust_domain: "td.test".to_owned(),
+        }
+    }
+
+    #[test]
+    fn issued_svids_round_trip_through_the_state_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let written = Persisted {
+            version: 7,
+            rotations: BTreeMap::from([("shop/web".to_owned(), 2)]),
+            issued: BTreeMap::from([("shop/web".to_owned(), record())]),
+        };
+        write_state(tmp.path(), &written).unwrap();
+        let read = read_state(tmp.path()).unwrap();
+        assert_eq!(read, written);
+
+        let issued = Issued::from_record(read.issued["shop/web"].clone());
+        assert_eq!(issued.not_before, "2023-11-14T22:13:20Z");
+        assert_eq!(issued.not_after, "2023-11-15T22:13:20Z");
+        assert_eq!(issued.trust_domain, "td.test");
+        assert_eq!(issued.to_record(), record());
+    }
+
+    #[test]
+    fn a_file_written_before_issued_svids_were_kept_still_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(
+            tmp.path().join(STATE_FILE),
+            r#"{"version": 4, "rotations": {"shop/web": 1}}"#,
+        )
+        .unwrap();
+        let read = read_state(tmp.path()).unwrap();
+        assert_eq!(read.version, 4);
+        assert_eq!(read.rotations["shop/web"], 1);
+        assert!(read.issued.is_empty());
+    }
+
+    #[test]
+    fn no_file_is_a_fresh_state_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(read_state(tmp.path()).unwrap(), Persisted::default());
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(STATE_FILE);
+        let mut bad_serial = record();
+        bad_serial.serial = "XYZ".to_owned();
+        let mut bad_td = record();
+        bad_td.trust_domain = "not a domain".to_owned();
+        let mut backwards = record();
+        backwards.not_before_unix = backwards.not_after_unix + 1;
+        let cases = [
+            ("{\"version\": 3, \"rotat".to_owned(), "EOF".to_owned()),
+            (
+                r#"{"version": 3, "issued": {"shop/web": {"serial": "ab"}}}"#.to_owned(),
+                "missing field".to_owned(),
+            ),
+            (
+                r#"{"version": 3, "issued": []}"#.to_owned(),
+                "invalid type".to_owned(),
+            ),
+            (
+                serde_json::to_string(&Persisted {
+                    version: 3,
+                    rotations: BTreeMap::new(),
+                    issued: BTreeMap::from([("shop/web".to_owned(), bad_serial)]),
+                })
+                .unwrap(),
+                r#"issued["shop/web"]: serial "XYZ""#.to_owned(),
+            ),
+            (
+                serde_json::to_string(&Persisted {
+                    version: 3,
+                    rotations: BTreeMap::new(),
+                    issued: BTreeMap::from([("shop/web".to_owned(), bad_td)]),
+                })
+                .unwrap(),
+                "trustDomain".to_owned(),
+            ),
+            (
+                serde_json::to_string(&Persisted {
+                    version: 3,
+                    rotations: BTreeMap::new(),
+                    issued: BTreeMap::from([("shop/web".to_owned(), backwards)]),
+                })
+                .unwrap(),
+                "is after notAfterUnix".to_owned(),
+            ),
+        ];
+        for (text, want) in cases {
+            fs::write(&path, &text).unwrap();
+            let e = read_state(tmp.path()).unwrap_err();
+            assert!(
+                matches!(&e, ControlPlaneError::CorruptState { path: p, .. } if p == &path),
+                "{text}: {e:?}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains(&want), "{text}: {msg}");
+            // Never reset: the file is left as it was.
+            assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        }
+    }
 }

@@ -349,6 +349,81 @@ async fn a_scrape_reports_certificates_svids_connected_proxies_and_the_ca_root()
     cp.shutdown().await;
 }
 
+/// The row of `workload` (`ns/name`) in `GET /v1/workloads`.
+async fn workload_row(cp: &trustmesh_control_plane::Running, workload: &str) -> serde_json::Value {
+    let (ns, name) = workload.split_once('/').unwrap();
+    get_json(cp, "/v1/workloads").await["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["namespace"] == ns && w["name"] == name)
+        .unwrap_or_else(|| panic!("{workload} not in /v1/workloads"))
+        .clone()
+}
+
+/// The SVIDs signed before a restart stay in `/metrics` and `/v1/workloads` (kept in
+/// `state/control-plane.json`), so the expiry alert covers a workload before its proxy
+/// renews.
+#[tokio::test]
+async fn a_restart_keeps_the_svids_signed_before_it_in_metrics_and_workloads() {
+    let fx = Fixture::new();
+    let cp = fx.start().await;
+    let (web, _) = bootstrap(&fx, &cp, "shop/web", WEB).await;
+    let svid = CertInfo::parse(&web.chain[0]).unwrap();
+    let certificate_series: Vec<String> = ["expiration", "not_after", "not_before", "renewal"]
+        .iter()
+        .map(|g| format!("certmanager_certificate_{g}_timestamp_seconds{WEB_SVID}"))
+        .chain(["True", "False", "Unknown"].iter().map(|c| {
+            format!(
+                "certmanager_certificate_ready_status{}",
+                with_condition(WEB_SVID, c)
+            )
+        }))
+        .collect();
+    let expiration = &certificate_series[0];
+
+    let before = samples(&scrape(cp.admin_addr).await.2);
+    assert_eq!(value(&before, expiration), unix(svid.not_after));
+    let row_before = workload_row(&cp, "shop/web").await;
+    assert_eq!(row_before["lastIssued"]["serial"], svid.serial_hex);
+    cp.shutdown().await;
+
+    // A new control plane on the same state folder; nobody signs anything.
+    let cp = fx.start().await;
+    let (_, _, text) = scrape(cp.admin_addr).await;
+    let after = samples(&text);
+    assert_eq!(value(&after, expiration), unix(svid.not_after), "{text}");
+    for series in &certificate_series {
+        assert_eq!(value(&after, series), value(&before, series), "{series}");
+    }
+    let ready = format!(
+        "certmanager_certificate_ready_status{}",
+        with_condition(WEB_SVID, "True")
+    );
+    assert_eq!(value(&after, &ready), 1.0, "not expired: Ready");
+    assert!(
+        !after
+            .iter()
+            .any(|(k, v)| k.starts_with("trustmesh_control_plane_svids_signed_total") && *v > 0.0),
+        "the new process signed nothing: {text}"
+    );
+    // db never got an SVID, before or after.
+    assert!(
+        !after
+            .keys()
+            .any(|k| k.starts_with("certmanager_") && k.contains(r#"name="db""#)),
+        "{text}"
+    );
+    let row_after = workload_row(&cp, "shop/web").await;
+    assert_eq!(row_after["lastIssued"]["serial"], svid.serial_hex);
+    assert_eq!(row_after["lastIssued"], row_before["lastIssued"]);
+    assert_eq!(
+        workload_row(&cp, "shop/db").await["lastIssued"],
+        serde_json::Value::Null
+    );
+    cp.shutdown().await;
+}
+
 #[tokio::test]
 async fn metrics_is_get_only() {
     let fx = Fixture::new();
