@@ -132,6 +132,8 @@ pub struct Admin {
     pub rotate: RotateHandle,
     /// Change the log filter, if the binary allows it.
     pub log: Option<LogControl>,
+    /// The metrics, also served here (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Admin {
@@ -159,12 +161,15 @@ impl Admin {
             (&Method::GET, "/config_dump") => self.config_dump(),
             (&Method::POST, "/rotate") => self.rotate().await,
             (&Method::POST, "/logging") => self.logging(req.uri().query().unwrap_or("")),
-            (_, "/ready" | "/certs" | "/config_dump" | "/rotate" | "/logging") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            (&Method::GET, "/metrics" | "/stats/prometheus") => exposition(&self.metrics),
+            (
+                _,
+                "/ready" | "/certs" | "/config_dump" | "/rotate" | "/logging" | "/metrics"
+                | "/stats/prometheus",
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /ready /certs /config_dump, POST /rotate, POST /logging?level=\n",
+                "not found; try /ready /certs /config_dump /metrics, POST /rotate, POST /logging?level=\n",
             ),
         }
     }
@@ -342,16 +347,22 @@ pub async fn health<B>(shared: Arc<Shared>, req: Request<B>) -> Response<Full<By
 /// Metrics (15090): `GET /stats/prometheus` (Istio's path) or `/metrics`.
 pub async fn metrics<B>(metrics: Arc<Metrics>, req: Request<B>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/stats/prometheus" | "/metrics") => {
-            let mut r = text(StatusCode::OK, metrics.render());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found; try /stats/prometheus\n"),
+        (&Method::GET, "/stats/prometheus" | "/metrics") => exposition(&metrics),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics or /stats/prometheus\n",
+        ),
     }
+}
+
+/// The Prometheus text exposition, format 0.0.4.
+fn exposition(metrics: &Metrics) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::OK, metrics.render());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(trustmesh_metrics::CONTENT_TYPE),
+    );
+    r
 }
 
 /// PEM with 64-column base64 lines.
@@ -399,6 +410,7 @@ mod tests {
             bootstrap: Arc::new(TrustBundleSet::new()),
             rotate: RotateHandle::new(),
             log,
+            metrics: Arc::new(Metrics::default()),
         }
     }
 
@@ -431,6 +443,13 @@ mod tests {
         assert_eq!(call(&a, "127.0.0.1:1", "GET", "/config_dump").await.0, 503);
         assert_eq!(call(&a, "127.0.0.1:1", "DELETE", "/certs").await.0, 405);
         assert_eq!(call(&a, "127.0.0.1:1", "GET", "/stats").await.0, 404);
+        let (code, text) = call(&a, "127.0.0.1:1", "GET", "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(
+            text.contains("# TYPE istio_requests_total counter"),
+            "{text}"
+        );
+        assert_eq!(call(&a, "10.0.0.7:4000", "GET", "/metrics").await.0, 403);
     }
 
     /// A page in a local browser must not rotate certificates or read the config:

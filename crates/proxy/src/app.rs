@@ -323,7 +323,8 @@ pub async fn build(options: ProxyOptions) -> Result<Running, AppError> {
         clock.clone(),
         jitter,
         rotate.clone(),
-    );
+    )
+    .with_metrics(metrics.clone());
     tasks.push(tokio::spawn(identity.run(stop.clone())));
     let discovery = Discovery::new(
         shared.clone(),
@@ -331,7 +332,8 @@ pub async fn build(options: ProxyOptions) -> Result<Running, AppError> {
         bootstrap.clone(),
         clock,
         rotate.clone(),
-    );
+    )
+    .with_metrics(metrics.clone());
     tasks.push(tokio::spawn(discovery.run(stop.clone())));
 
     // 3. listeners, on the given address or the one the first config names.
@@ -364,6 +366,7 @@ pub async fn build(options: ProxyOptions) -> Result<Running, AppError> {
         bootstrap: bootstrap.clone(),
         rotate: rotate.clone(),
         log: log_control,
+        metrics: metrics.clone(),
     };
     tasks.push(tokio::spawn(serve_http1(
         admin_l,
@@ -386,6 +389,7 @@ pub async fn build(options: ProxyOptions) -> Result<Running, AppError> {
     tasks.push(tokio::spawn(crate::outbound::serve(
         outbound_l,
         shared.clone(),
+        metrics.clone(),
         stop.clone(),
     )));
 

@@ -24,6 +24,7 @@ use trustmesh_pki::TrustBundleSet;
 use crate::clock::Clock;
 use crate::control::{ControlPlane, Credential};
 use crate::identity::{RotateHandle, bundles_from_wire, status_message};
+use crate::metrics::Metrics;
 use crate::state::{MeshView, Shared};
 
 /// First reconnect delay.
@@ -168,6 +169,7 @@ pub struct Discovery {
     rotate: RotateHandle,
     /// The last `ProxyUpdate.rotation` seen (across reconnects).
     rotation: Option<u64>,
+    metrics: Arc<Metrics>,
 }
 
 impl Discovery {
@@ -186,7 +188,15 @@ impl Discovery {
             clock,
             rotate,
             rotation: None,
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// Counts updates and the stream's state into `metrics` (`trustmesh_config_*`,
+    /// `trustmesh_control_plane_connected`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until `shutdown` turns true: waits for an SVID, then streams, reconnecting with
@@ -247,6 +257,7 @@ impl Discovery {
             })?
             .into_inner();
         info!(workload = %self.shared.workload_key, %addr, "config stream connected");
+        let _connected = Connected::new(self.metrics.clone());
         loop {
             match stream.message().await {
                 Ok(Some(update)) => {
@@ -275,9 +286,13 @@ impl Discovery {
                     ports = ?view.workload.ports.values().collect::<Vec<_>>(),
                     "config applied"
                 );
+                self.metrics.config_accepted(view.version);
                 self.shared.set_view(view);
             }
-            Err(e) => error!(error = %e, "config update ignored; keeping the last config"),
+            Err(e) => {
+                self.metrics.config_rejected();
+                error!(error = %e, "config update ignored; keeping the last config");
+            }
         }
         // "`ProxyUpdate.rotation` increasing = renew now". The first value seen is the
         // baseline (the SVID was just issued); a smaller one means the control plane
@@ -290,5 +305,23 @@ impl Discovery {
             _ => {}
         }
         self.rotation = Some(update.rotation);
+    }
+}
+
+/// `trustmesh_control_plane_connected` is 1 while this lives: from the stream's start to
+/// its end, however it ends (failure, close, shutdown).
+#[derive(Debug)]
+struct Connected(Arc<Metrics>);
+
+impl Connected {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.set_control_plane_connected(true);
+        Self(metrics)
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.set_control_plane_connected(false);
     }
 }

@@ -35,6 +35,7 @@ use trustmesh_pki::{CertInfo, KeyPair, TrustBundleSet, Usage, VerifyError, csr_f
 
 use crate::clock::{Clock, Jitter};
 use crate::control::{ControlError, ControlPlane, Credential};
+use crate::metrics::Metrics;
 use crate::state::{Identity, Shared};
 
 /// First retry delay after a failed renewal.
@@ -159,6 +160,7 @@ pub struct IdentityManager {
     clock: Clock,
     jitter: Jitter,
     rotate: RotateHandle,
+    metrics: Arc<Metrics>,
 }
 
 impl IdentityManager {
@@ -178,7 +180,14 @@ impl IdentityManager {
             clock,
             jitter,
             rotate,
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// Counts issuances into `metrics` (`trustmesh_certificate_*`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until `shutdown` turns true (or its sender is gone): issue at once if there is no
@@ -214,6 +223,7 @@ impl IdentityManager {
                         renewal = %format_rfc3339(identity.renewal_time),
                         "certificate installed"
                     );
+                    self.metrics.certificate_issued(&identity);
                     self.shared.set_identity(identity);
                     backoff = INITIAL_BACKOFF;
                     retry = None;
@@ -224,6 +234,7 @@ impl IdentityManager {
                         .identity()
                         .map(|i| self.clock.until(i.not_after));
                     let delay = retry_delay(backoff, until_expiry);
+                    self.metrics.certificate_failed();
                     warn!(
                         workload = %self.shared.workload_key,
                         error = %e,

@@ -5,11 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its location
 
 mod mesh_support;
+mod scrape;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_support::*;
+use scrape::Scrape;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,6 +19,54 @@ use trustmesh_proxy::app::{self, Ports, ProxyOptions};
 use trustmesh_proxy::clock::Clock;
 
 const TOKEN: &str = "e2e-token";
+
+/// The proxy's exposition on its metrics port.
+async fn scrape(proxy: &app::Running) -> Scrape {
+    let (code, text) = http(proxy.metrics_addr, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    Scrape::parse(&text)
+}
+
+/// Waits until the scraped `name` (no labels but `labels`) reads `want`.
+async fn metric_reaches(proxy: &app::Running, name: &str, labels: &[(&str, &str)], want: f64) {
+    let mut last = None;
+    for _ in 0..200 {
+        last = scrape(proxy).await.get(name, labels);
+        if last == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name}{labels:?} is {last:?}, never {want}");
+}
+
+/// The SVID gauges: exactly one series each, for the SVID in use.
+fn assert_svid_gauges(m: &Scrape, proxy: &app::Running) {
+    let id = proxy.shared.identity().unwrap();
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    for (name, at) in [
+        (
+            "trustmesh_certificate_expiration_timestamp_seconds",
+            id.not_after,
+        ),
+        (
+            "trustmesh_certificate_renewal_timestamp_seconds",
+            id.renewal_time,
+        ),
+    ] {
+        let series = m.series(name);
+        assert_eq!(series.len(), 1, "{name}: {series:?}");
+        assert_eq!(
+            series[0].labels,
+            [("spiffe_id".to_owned(), id.id.as_str().to_owned())]
+        );
+        assert_eq!(series[0].value, secs(at), "{name}");
+    }
+}
 
 /// A plain HTTP/1.1 request to a local endpoint; returns (status, body).
 async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
@@ -180,6 +230,22 @@ async fn a_proxy_bootstraps_follows_its_config_and_serves_until_shut_down() {
     let (code, metrics) = http(proxy.metrics_addr, "GET", "/stats/prometheus").await;
     assert_eq!(code, 200);
     assert!(metrics.contains(r#"response_code="403""#), "{metrics}");
+    // The same exposition on the admin port.
+    let (code, on_admin) = http(proxy.admin, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(on_admin.contains(r#"response_code="403""#), "{on_admin}");
+    // The first issuance is a rotation; one config accepted, in force, streaming.
+    let m = scrape(&proxy).await;
+    let one = |name: &str, labels: &[(&str, &str)]| m.get(name, labels);
+    let rotations = "trustmesh_certificate_rotations_total";
+    let updates = "trustmesh_config_updates_total";
+    assert_eq!(one(rotations, &[("result", "success")]), Some(1.0));
+    assert_eq!(one(rotations, &[("result", "failure")]), Some(0.0));
+    assert_eq!(one(updates, &[("result", "accepted")]), Some(1.0));
+    assert_eq!(one(updates, &[("result", "rejected")]), Some(0.0));
+    assert_eq!(one("trustmesh_config_version", &[]), Some(1.0));
+    assert_eq!(one("trustmesh_control_plane_connected", &[]), Some(1.0));
+    assert_svid_gauges(&m, &proxy);
     assert_eq!(
         http(proxy.admin, "POST", "/logging?level=debug").await.0,
         501
@@ -194,6 +260,9 @@ async fn a_proxy_bootstraps_follows_its_config_and_serves_until_shut_down() {
     assert_eq!(code, 200, "{rotated}");
     let rotated: Value = serde_json::from_str(&rotated).unwrap();
     assert_ne!(rotated["serial"], serial.as_str());
+    let rotations = "trustmesh_certificate_rotations_total";
+    metric_reaches(&proxy, rotations, &[("result", "success")], 2.0).await;
+    assert_svid_gauges(&scrape(&proxy).await, &proxy);
     let calls = cp.state.signs();
     assert_eq!(calls.len(), 2);
     assert!(calls[1].peer.is_some() && !calls[1].token);
@@ -216,6 +285,10 @@ async fn a_proxy_bootstraps_follows_its_config_and_serves_until_shut_down() {
     .await
     .expect("rotation pushed by the control plane");
     assert_eq!(proxy.shared.view().unwrap().version, 2);
+    metric_reaches(&proxy, rotations, &[("result", "success")], 3.0).await;
+    let updates = "trustmesh_config_updates_total";
+    metric_reaches(&proxy, updates, &[("result", "accepted")], 2.0).await;
+    metric_reaches(&proxy, "trustmesh_config_version", &[], 2.0).await;
 
     // A config that does not validate is ignored: version 2 stays, traffic unchanged.
     let mut bad = resources(proxy_ip, app_ip, port);
@@ -227,6 +300,11 @@ async fn a_proxy_bootstraps_follows_its_config_and_serves_until_shut_down() {
     cp.push(update(WORKLOAD, 3, bad, &bundle, 1));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(proxy.shared.view().unwrap().version, 2);
+    metric_reaches(&proxy, updates, &[("result", "rejected")], 1.0).await;
+    assert_eq!(
+        scrape(&proxy).await.get("trustmesh_config_version", &[]),
+        Some(2.0)
+    );
     assert_eq!(
         tls_get(inbound, gateway.clone(), "/y").await.status,
         Some(200)
@@ -234,6 +312,7 @@ async fn a_proxy_bootstraps_follows_its_config_and_serves_until_shut_down() {
 
     // The control plane goes away: the last config is still enforced.
     cp.kill();
+    metric_reaches(&proxy, "trustmesh_control_plane_connected", &[], 0.0).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         tls_get(inbound, gateway.clone(), "/z").await.status,
@@ -281,6 +360,9 @@ async fn a_proxy_bootstraps_follows_its_config_and_serves_until_shut_down() {
     })
     .await
     .expect("the proxy reconnects to the restarted control plane");
+    metric_reaches(&proxy, "trustmesh_control_plane_connected", &[], 1.0).await;
+    metric_reaches(&proxy, "trustmesh_config_version", &[], 4.0).await;
+    metric_reaches(&proxy, updates, &[("result", "accepted")], 3.0).await;
     // Its rotation counter starts again at 0: a new baseline, not a rotation request.
     assert!(cp2.state.signs().is_empty(), "{:?}", cp2.state.signs());
     assert_eq!(

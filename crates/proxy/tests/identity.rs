@@ -17,6 +17,7 @@ use trustmesh_core::renewal::workload_renewal_time;
 use trustmesh_proxy::clock::{Clock, Jitter};
 use trustmesh_proxy::control::ControlPlane;
 use trustmesh_proxy::identity::{IdentityManager, RotateHandle};
+use trustmesh_proxy::metrics::Metrics;
 use trustmesh_proxy::state::Shared;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -26,6 +27,7 @@ const TOKEN: &str = "join-token-for-orders";
 struct Setup {
     cp: FakeCp,
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     clock: Clock,
     rotate: RotateHandle,
     _stop: watch::Sender<bool>,
@@ -58,6 +60,7 @@ async fn setup(at: [u8; 4], token: Option<&str>, jitter: f64) -> Setup {
         .with_dialer(cp.dialer()),
     );
     let rotate = RotateHandle::new();
+    let metrics = Arc::new(Metrics::default());
     let manager = IdentityManager::new(
         shared.clone(),
         control,
@@ -65,12 +68,14 @@ async fn setup(at: [u8; 4], token: Option<&str>, jitter: f64) -> Setup {
         clock.clone(),
         Jitter::fixed(jitter),
         rotate.clone(),
-    );
+    )
+    .with_metrics(metrics.clone());
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(manager.run(stop_rx));
     Setup {
         cp,
         shared,
+        metrics,
         clock,
         rotate,
         _stop: stop,
@@ -190,10 +195,39 @@ async fn renewal_failure_keeps_the_valid_certificate_and_retries_with_backoff() 
         "{gaps:?}"
     );
 
+    // Every failed attempt is counted; the gauges still show the certificate in use.
+    let rotations = |m: &str, result| {
+        let line = format!("trustmesh_certificate_rotations_total{{result=\"{result}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .unwrap()
+            .to_owned()
+    };
+    let text = s.metrics.render();
+    let attempts = s.cp.state.signs().len() - 1;
+    assert_eq!(rotations(&text, "failure"), attempts.to_string());
+    assert_eq!(rotations(&text, "success"), "1");
+    let expiry = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("trustmesh_certificate_expiration_timestamp_seconds{"))
+            .unwrap()
+            .to_owned()
+    };
+    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(
+        expiry(&text),
+        format!(
+            "trustmesh_certificate_expiration_timestamp_seconds{{spiffe_id=\"{}\"}} {}",
+            id.id,
+            secs(id.not_after)
+        )
+    );
+
     // The CA comes back: the next retry renews, and the schedule is 12 h again.
     s.cp.state.fail_sign.store(false, Ordering::SeqCst);
     let second = next_identity(&s.shared, Some(&first), Duration::from_secs(301)).await;
     assert_ne!(second, first);
+    assert_eq!(rotations(&s.metrics.render(), "success"), "2");
     let renewed = s.shared.identity().unwrap();
     assert_eq!(
         s.clock.until(renewed.renewal_time).as_secs() / 60,

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its location
 
 mod mesh_support;
+mod scrape;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_support::*;
 use rustls::ClientConfig;
+use scrape::{Labels, Scrape, Service, Side, istio_http, istio_tcp};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -66,18 +68,120 @@ async fn mtls_request_allowed_for_the_gateway_and_denied_for_others() {
     assert_eq!(admin.status, Some(403), "{}", admin.raw);
     assert_eq!(admin.body, "RBAC: access denied");
 
-    let text = h.metrics.render();
-    assert!(
-        text.contains(r#"source_principal="spiffe://cluster.local/ns/default/sa/intruder""#)
-            && text.contains(r#"response_code="403""#),
-        "{text}"
+    // Exactly three requests, on exactly these label sets.
+    let m = Scrape::parse(&h.metrics.render());
+    let (gateway, intruder) = (client_side("gateway"), client_side("intruder"));
+    let http = |src: &Side, code, flags| {
+        istio_http(
+            "destination",
+            src,
+            &orders_side(),
+            &no_service(),
+            code,
+            flags,
+            "mutual_tls",
+        )
+    };
+    let want: Vec<(Labels, f64)> = vec![
+        (http(&gateway, "200", "-"), 1.0),
+        (http(&gateway, "403", "DENY"), 1.0),
+        (http(&intruder, "403", "DENY"), 1.0),
+    ];
+    assert_eq!(
+        m.matching("istio_requests_total", &[]),
+        want.iter().cloned().collect(),
+        "{}",
+        m.text
     );
-    assert!(
-        text.contains(
-            r#"response_code="200",response_flags="-",connection_security_policy="mutual_tls"} 1"#
+    for (labels, n) in &want {
+        for h in [
+            "istio_request_duration_milliseconds_count",
+            "istio_request_bytes_count",
+            "istio_response_bytes_count",
+        ] {
+            assert_eq!(m.value(h, labels), Some(*n), "{h} {labels:?}");
+        }
+    }
+    // The demo app's 200 body and "RBAC: access denied" twice.
+    assert_eq!(
+        m.value("istio_response_bytes_sum", &want[0].0),
+        Some(ok.body.len() as f64)
+    );
+    assert_eq!(
+        m.value("istio_response_bytes_sum", &want[1].0),
+        Some(RBAC_DENIED_BODY.len() as f64)
+    );
+    // One decision per request: the ALLOW that matched, the ALLOW policies none of which
+    // matched (policy "none"), the DENY that matched.
+    let decision = |policy, action, decision| {
+        Labels::from(
+            &[
+                ("destination_workload", "orders"),
+                ("destination_workload_namespace", "prod"),
+                ("policy", policy),
+                ("action", action),
+                ("decision", decision),
+                ("dry_run", "false"),
+            ][..],
+        )
+    };
+    assert_eq!(
+        m.matching("trustmesh_authz_decisions_total", &[]),
+        [
+            (decision("prod/allow-gateway", "ALLOW", "allow"), 1.0),
+            (decision("none", "ALLOW", "deny"), 1.0),
+            (decision("prod/deny-admin", "DENY", "deny"), 1.0),
+        ]
+        .into_iter()
+        .collect(),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.get(
+            "trustmesh_tls_handshakes_total",
+            &[("direction", "inbound"), ("result", "success")]
         ),
-        "{text}"
+        Some(3.0)
     );
+}
+
+/// `prod/orders` behind the harness, as the destination labels name it.
+fn orders_side() -> Side {
+    Side {
+        workload: "orders".into(),
+        namespace: "prod".into(),
+        principal: "spiffe://cluster.local/ns/prod/sa/orders".into(),
+        app: "orders".into(),
+        version: "unknown".into(),
+        canonical_service: "orders".into(),
+        canonical_revision: "latest".into(),
+        cluster: "unknown".into(),
+    }
+}
+
+/// A verified client `default/<sa>` that no WorkloadEntry of the config holds: only what its
+/// SPIFFE ID says.
+fn client_side(sa: &str) -> Side {
+    Side {
+        namespace: "default".into(),
+        principal: format!("spiffe://cluster.local/ns/default/sa/{sa}"),
+        ..Side::unknown()
+    }
+}
+
+fn no_service() -> Service {
+    Service::new("unknown", "unknown", "unknown")
+}
+
+/// `trustmesh_tls_handshake_failures_total` of the inbound side, by reason (non-zero only).
+fn inbound_failures(h: &Harness) -> Vec<(String, f64)> {
+    let m = Scrape::parse(&h.metrics.render());
+    m.series("trustmesh_tls_handshake_failures_total")
+        .into_iter()
+        .filter(|s| s.value > 0.0 && s.labels[0].1 == "inbound")
+        .map(|s| (s.labels[1].1.clone(), s.value))
+        .collect()
 }
 
 #[tokio::test]
@@ -116,6 +220,29 @@ async fn strict_closes_plaintext_without_an_answer() {
     // ... and mTLS on the same port works.
     let ok = tls_get(h.addr, h.client("default", "web"), "/").await;
     assert_eq!(ok.status, Some(200), "{}", ok.raw);
+    assert_eq!(
+        inbound_failures(&h),
+        [("plaintext_rejected".to_owned(), 1.0)]
+    );
+    let m = Scrape::parse(&h.metrics.render());
+    assert_eq!(
+        m.matching(
+            "trustmesh_tls_handshakes_total",
+            &[("direction", "inbound")]
+        ),
+        [
+            (
+                Labels::from(&[("direction", "inbound"), ("result", "failure")][..]),
+                1.0
+            ),
+            (
+                Labels::from(&[("direction", "inbound"), ("result", "success")][..]),
+                1.0
+            ),
+        ]
+        .into_iter()
+        .collect()
+    );
 }
 
 #[tokio::test]
@@ -139,6 +266,42 @@ async fn permissive_takes_plaintext_and_mtls_on_one_port() {
         "{}",
         tls.body
     );
+    // The plaintext request: every source_* unknown, security policy none; the mTLS one
+    // from its SPIFFE ID.
+    let m = Scrape::parse(&h.metrics.render());
+    let http = |src: &Side, security| {
+        istio_http(
+            "destination",
+            src,
+            &orders_side(),
+            &no_service(),
+            "200",
+            "-",
+            security,
+        )
+    };
+    assert_eq!(
+        m.matching("istio_requests_total", &[]),
+        [
+            (http(&Side::unknown(), "none"), 1.0),
+            (http(&client_side("web"), "mutual_tls"), 1.0),
+        ]
+        .into_iter()
+        .collect(),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum(
+            "istio_requests_total",
+            &[
+                ("security_policy", "mutual_tls"),
+                ("reporter", "destination")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(inbound_failures(&h), []);
 }
 
 #[tokio::test]
@@ -151,6 +314,8 @@ async fn disable_refuses_tls_and_takes_plaintext() {
     assert_eq!(tls.status, None, "{}", tls.raw);
     let plain = plain_get(h.addr, "/").await;
     assert_eq!(plain.status, Some(200), "{}", plain.raw);
+    // TLS where the port takes only plaintext: the client's protocol is wrong for it.
+    assert_eq!(inbound_failures(&h), [("protocol".to_owned(), 1.0)]);
 }
 
 #[tokio::test]
@@ -241,6 +406,27 @@ async fn tls12_only_clients_and_clients_without_a_certificate_are_refused() {
     // And nothing else broke.
     let ok = tls_get(h.addr, h.client("default", "web"), "/").await;
     assert_eq!(ok.status, Some(200), "{}", ok.raw);
+
+    // Each refusal counted once, under its reason; only the last handshake succeeded.
+    assert_eq!(
+        inbound_failures(&h),
+        [
+            ("no_client_certificate".to_owned(), 1.0),
+            ("protocol".to_owned(), 1.0),
+            ("unknown_ca".to_owned(), 1.0),
+        ]
+    );
+    let m = Scrape::parse(&h.metrics.render());
+    let result = |r| {
+        m.get(
+            "trustmesh_tls_handshakes_total",
+            &[("direction", "inbound"), ("result", r)],
+        )
+    };
+    assert_eq!(
+        (result("success"), result("failure")),
+        (Some(1.0), Some(3.0))
+    );
 }
 
 #[tokio::test]
@@ -269,6 +455,16 @@ async fn garbage_and_truncated_first_bytes_get_closed_and_nothing_else_breaks() 
     }
     let ok = tls_get(strict.addr, strict.client("default", "web"), "/").await;
     assert_eq!(ok.status, Some(200), "{}", ok.raw);
+    // Not TLS on a STRICT port; two undecodable records; a client that hung up after one
+    // byte of a record (nothing wrong with what it sent: it just left).
+    assert_eq!(
+        inbound_failures(&strict),
+        [
+            ("other".to_owned(), 1.0),
+            ("plaintext_rejected".to_owned(), 1.0),
+            ("protocol".to_owned(), 2.0),
+        ]
+    );
 
     // PERMISSIVE: garbage is plaintext HTTP that does not parse → 400, never the app.
     let permissive = Harness::start([127, 0, 30, 10], [127, 0, 31, 10], "http", |_| vec![]).await;
@@ -304,6 +500,7 @@ async fn a_client_that_never_finishes_its_handshake_is_dropped_after_ten_seconds
         );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(inbound_failures(&h), [("timeout".to_owned(), 2.0)]);
     for s in [&mut slow, &mut silent] {
         let r = tokio::time::timeout(Duration::from_millis(10), s.read(&mut byte)).await;
         // EOF or reset: the proxy let go of it.
@@ -444,11 +641,65 @@ async fn tcp_ports_authorize_per_connection_and_copy_bytes() {
 
     drop(ok);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = h.metrics.render();
-    assert!(text.contains("istio_tcp_connections_opened_total{reporter=\"destination\",source_principal=\"spiffe://cluster.local/ns/default/sa/gateway\""), "{text}");
-    assert!(
-        text.contains("istio_tcp_received_bytes_total{") && text.contains("} 5\n"),
-        "{text}"
+    // The allowed connection moved 5 bytes each way; the two denied ones are counted opened
+    // and closed with Envoy's DENY flag (ztunnel's spelling), no bytes.
+    let m = Scrape::parse(&h.metrics.render());
+    let tcp = |src: &Side, flags, security| {
+        istio_tcp(
+            "destination",
+            src,
+            &orders_side(),
+            &no_service(),
+            flags,
+            security,
+        )
+    };
+    let allowed = tcp(&client_side("gateway"), "-", "mutual_tls");
+    let denied = tcp(&client_side("intruder"), "DENY", "mutual_tls");
+    let plaintext = tcp(&Side::unknown(), "DENY", "none");
+    for (name, want) in [
+        ("istio_tcp_connections_opened_total", [1.0, 1.0, 1.0]),
+        ("istio_tcp_connections_closed_total", [1.0, 1.0, 1.0]),
+        ("istio_tcp_sent_bytes_total", [5.0, 0.0, 0.0]),
+        ("istio_tcp_received_bytes_total", [5.0, 0.0, 0.0]),
+    ] {
+        assert_eq!(
+            m.matching(name, &[]),
+            [
+                (allowed.clone(), want[0]),
+                (denied.clone(), want[1]),
+                (plaintext.clone(), want[2]),
+            ]
+            .into_iter()
+            .collect(),
+            "{name}\n{}",
+            m.text
+        );
+    }
+    assert!(m.series("istio_requests_total").is_empty());
+    let decision = |policy, decision, n| {
+        (
+            Labels::from(
+                &[
+                    ("destination_workload", "orders"),
+                    ("destination_workload_namespace", "prod"),
+                    ("policy", policy),
+                    ("action", "ALLOW"),
+                    ("decision", decision),
+                    ("dry_run", "false"),
+                ][..],
+            ),
+            n,
+        )
+    };
+    assert_eq!(
+        m.matching("trustmesh_authz_decisions_total", &[]),
+        [
+            decision("prod/db-clients", "allow", 1.0),
+            decision("none", "deny", 2.0)
+        ]
+        .into_iter()
+        .collect()
     );
 }
 

@@ -163,7 +163,12 @@ async fn serve_returns_on_shutdown_and_accepts_no_more() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(outbound::serve(listener, mesh.shared(vec![]), rx));
+    let task = tokio::spawn(outbound::serve(
+        listener,
+        mesh.shared(vec![]),
+        Default::default(),
+        rx,
+    ));
     tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(2), task)
         .await

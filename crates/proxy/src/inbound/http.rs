@@ -32,7 +32,7 @@ use trustmesh_core::normalize::normalize_path;
 
 use super::{ConnInfo, Inbound};
 use crate::hop_by_hop::remove_connection_options;
-use crate::metrics::Peers;
+use crate::metrics::{Base, CountedBody, Exchange, RecordedBody};
 
 /// Istio's body for a request denied by an AuthorizationPolicy.
 pub const RBAC_DENIED_BODY: &str = "RBAC: access denied";
@@ -46,7 +46,7 @@ pub const XFCC: &str = "x-forwarded-client-cert";
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The pooled HTTP/1.1 client to the app.
-pub(crate) type AppClient = Client<HttpConnector, Incoming>;
+pub(crate) type AppClient = Client<HttpConnector, CountedBody<Incoming>>;
 
 pub(crate) fn app_client() -> AppClient {
     let mut connector = HttpConnector::new();
@@ -70,14 +70,15 @@ pub struct ConnectionRejected {
     pub reason: String,
 }
 
-/// Serves one connection (plaintext or TLS) as HTTP/1.1 or HTTP/2 until it ends.
-pub async fn serve<S>(inbound: Arc<Inbound>, io: S, conn: ConnInfo)
+/// Serves one connection (plaintext or TLS) as HTTP/1.1 or HTTP/2 until it ends; `base`
+/// holds the connection's metric labels.
+pub async fn serve<S>(inbound: Arc<Inbound>, io: S, conn: ConnInfo, base: Arc<Base>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
     let peer = conn.peer;
-    let svc = service_fn(move |req| handle(inbound.clone(), conn.clone(), req));
+    let svc = service_fn(move |req| handle(inbound.clone(), conn.clone(), base.clone(), req));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // A client that trickles its headers (or idles between keep-alive requests) is dropped
     // after HEADER_READ_TIMEOUT; an HTTP/2 peer that stops answering pings, after 30 s.
@@ -128,14 +129,23 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
         })
 }
 
-/// One request: decide, then answer locally or forward.
+/// One request: decide, then answer locally or forward. Every answer is recorded in the
+/// metrics: a policy denial as `response_code="403"`, `response_flags="DENY"`; an app that
+/// cannot be reached as 503 with Envoy's `UF` (connect failure) or `UC` (connection
+/// termination).
 async fn handle(
     inbound: Arc<Inbound>,
     conn: Arc<ConnInfo>,
+    base: Arc<Base>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, ConnectionRejected> {
+) -> Result<Response<RecordedBody<Body>>, ConnectionRejected> {
+    let exchange = Exchange::start(req.headers());
     let Some(view) = inbound.shared.view() else {
-        return Ok(local(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n"));
+        return Ok(exchange.respond(
+            &base,
+            "-",
+            local(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n"),
+        ));
     };
     let target = raw_target(&req);
     let host = host_of(&req);
@@ -157,29 +167,14 @@ async fn handle(
         headers,
     });
     let decision = view.inbound.decide(&authz);
+    inbound
+        .metrics
+        .labels(&view)
+        .count_decision(&decision, &view.inbound.authz);
     let own = view.workload.identity.clone();
-    let protocol = if req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
-    {
-        "grpc"
-    } else {
-        "http"
-    };
-    let peers = Peers {
-        source_principal: conn.peer_id.as_ref().map(SpiffeId::as_str),
-        destination_principal: own.as_str(),
-        destination_workload: &view.workload.name,
-        destination_namespace: &view.workload.namespace,
-    };
-    let count = |code: StatusCode, flags: &str| {
-        inbound
-            .metrics
-            .request(&peers, protocol, code.as_u16(), flags);
-    };
     match decision.outcome {
         Outcome::ConnectionRejected => {
+            exchange.fail(&base, "-");
             return Err(ConnectionRejected {
                 peer: conn.peer,
                 port: conn.port,
@@ -187,8 +182,8 @@ async fn handle(
             });
         }
         Outcome::BadRequest => {
-            count(StatusCode::BAD_REQUEST, "-");
-            return Ok(local(StatusCode::BAD_REQUEST, "Bad Request"));
+            let r = local(StatusCode::BAD_REQUEST, "Bad Request");
+            return Ok(exchange.respond(&base, "-", r));
         }
         Outcome::Deny => {
             debug!(
@@ -200,8 +195,8 @@ async fn handle(
                 reason = %decision.reason,
                 "request denied"
             );
-            count(StatusCode::FORBIDDEN, "-");
-            return Ok(local(StatusCode::FORBIDDEN, RBAC_DENIED_BODY));
+            let r = local(StatusCode::FORBIDDEN, RBAC_DENIED_BODY);
+            return Ok(exchange.respond(&base, "DENY", r));
         }
         Outcome::Allow => {}
     }
@@ -212,11 +207,11 @@ async fn handle(
         .unwrap_or(target);
     let app = SocketAddr::new(inbound.app_ip(&view), conn.port);
     let Ok(uri) = format!("http://{app}{path}").parse::<http::Uri>() else {
-        count(StatusCode::BAD_REQUEST, "-");
-        return Ok(local(StatusCode::BAD_REQUEST, "Bad Request"));
+        let r = local(StatusCode::BAD_REQUEST, "Bad Request");
+        return Ok(exchange.respond(&base, "-", r));
     };
     let (parts, body) = req.into_parts();
-    let mut out = Request::new(body);
+    let mut out = Request::new(exchange.count_request(body));
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
     *out.version_mut() = Version::HTTP_11;
@@ -234,12 +229,13 @@ async fn handle(
             out.headers_mut().insert(HeaderName::from_static(XFCC), v);
         }
     }
+    drop(view);
     match inbound.client.request(out).await {
         Ok(resp) => {
-            count(resp.status(), "-");
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(parts, body.boxed()))
+            let r = Response::from_parts(parts, body.boxed());
+            Ok(exchange.respond(&base, "-", r))
         }
         Err(e) => {
             // Envoy's words and response flags: UF = upstream connection failure, UC =
@@ -250,13 +246,13 @@ async fn handle(
                 ("UC", "connection termination")
             };
             debug!(%app, error = %e, "app unreachable");
-            count(StatusCode::SERVICE_UNAVAILABLE, flags);
-            Ok(local(
+            let r = local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
                 ),
-            ))
+            );
+            Ok(exchange.respond(&base, flags, r))
         }
     }
 }

@@ -23,12 +23,10 @@ pub mod protocol;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -39,7 +37,7 @@ use trustmesh_core::authz::Request;
 use trustmesh_core::model::security::MtlsMode;
 use trustmesh_pki::peer_spiffe_id;
 
-use crate::metrics::{Metrics, Peers};
+use crate::metrics::{Base, CountedIo, Direction, HandshakeFailure, Metrics};
 use crate::state::{MeshView, Shared};
 use protocol::{Protocol, port_protocol};
 
@@ -262,6 +260,7 @@ impl Inbound {
         let Some(view) = self.shared.view() else {
             return Err(InboundError::NoConfig { peer, port });
         };
+        let labels = self.metrics.labels(&view);
         let mode = view.inbound.mtls.for_port(port).mode;
         let protocol = port_protocol(&view.snapshot, &view.workload, port);
         // A port that takes plaintext TCP may carry a server-first protocol (MySQL, SMTP):
@@ -272,6 +271,7 @@ impl Inbound {
         } else {
             deadline
         };
+        let failed = |reason| self.metrics.handshake_failed(Direction::Inbound, reason);
         let mut first = [0u8; 1];
         let sniffed = tokio::time::timeout_at(sniff_until, stream.peek(&mut first)).await;
         let tls = match sniffed {
@@ -279,7 +279,10 @@ impl Inbound {
             Ok(Ok(_)) => first[0] == TLS_HANDSHAKE_RECORD,
             Ok(Err(source)) => return Err(InboundError::Io { peer, port, source }),
             Err(_) if server_first => false,
-            Err(_) => return Err(InboundError::HandshakeTimeout { peer, port }),
+            Err(_) => {
+                failed(HandshakeFailure::Timeout);
+                return Err(InboundError::HandshakeTimeout { peer, port });
+            }
         };
         let mut conn = ConnInfo {
             peer_id: None,
@@ -291,29 +294,42 @@ impl Inbound {
         if !tls {
             // "`STRICT` | mTLS with client cert required; plaintext rejected".
             if mode == MtlsMode::Strict {
+                failed(HandshakeFailure::PlaintextRejected);
                 return Err(InboundError::PlaintextRefused { peer, port });
             }
-            return self.serve_stream(stream, conn, protocol).await;
+            let base = labels.inbound(None, port);
+            return self.serve_stream(stream, conn, protocol, base).await;
         }
         // "DISABLE takes only plaintext": the port has no TLS filter chain.
         if mode == MtlsMode::Disable {
+            failed(HandshakeFailure::Protocol);
             return Err(InboundError::TlsRefused { peer, port });
         }
         let acceptor = tokio_rustls::TlsAcceptor::from(view.server_tls.clone());
         drop(view);
         let accept = acceptor.accept(stream).into_fallible();
         let tls = match tokio::time::timeout_at(deadline, accept).await {
-            Err(_) => return Err(InboundError::HandshakeTimeout { peer, port }),
+            Err(_) => {
+                failed(HandshakeFailure::Timeout);
+                return Err(InboundError::HandshakeTimeout { peer, port });
+            }
             Ok(Err((source, io))) => {
+                failed(HandshakeFailure::from_io(&source));
                 linger_close(io).await;
                 return Err(InboundError::Handshake { peer, port, source });
             }
             Ok(Ok(s)) => s,
         };
         let (_, session) = tls.get_ref();
-        conn.peer_id = Some(peer_spiffe_id(session).ok_or(InboundError::NoPeerId { peer, port })?);
+        let Some(id) = peer_spiffe_id(session) else {
+            failed(HandshakeFailure::BadCertificate);
+            return Err(InboundError::NoPeerId { peer, port });
+        };
+        self.metrics.handshake_succeeded(Direction::Inbound);
         conn.sni = session.server_name().map(str::to_owned);
-        self.serve_stream(tls, conn, protocol).await
+        let base = labels.inbound(Some(&id), port);
+        conn.peer_id = Some(id);
+        self.serve_stream(tls, conn, protocol, base).await
     }
 
     async fn serve_stream<S>(
@@ -321,21 +337,24 @@ impl Inbound {
         io: S,
         conn: ConnInfo,
         protocol: Protocol,
+        base: Arc<Base>,
     ) -> Result<(), InboundError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match protocol {
             Protocol::Http => {
-                http::serve(self, io, conn).await;
+                http::serve(self, io, conn, base).await;
                 Ok(())
             }
-            Protocol::Tcp => self.tcp(io, conn).await,
+            Protocol::Tcp => self.tcp(io, conn, base).await,
         }
     }
 
     /// "TCP: authorization per connection (close on deny), then bytes copied both ways."
-    async fn tcp<S>(&self, mut io: S, conn: ConnInfo) -> Result<(), InboundError>
+    /// A denied connection is counted opened and closed with `response_flags="DENY"`, one
+    /// whose app cannot be reached with `UF`.
+    async fn tcp<S>(&self, io: S, conn: ConnInfo, base: Arc<Base>) -> Result<(), InboundError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -346,7 +365,16 @@ impl Inbound {
             });
         };
         let decision = view.inbound.decide(&conn.request());
+        self.metrics
+            .labels(&view)
+            .count_decision(&decision, &view.inbound.authz);
+        let refused = |flags| {
+            let series = base.tcp(flags);
+            series.opened.inc();
+            series.closed.inc();
+        };
         if !decision.allowed {
+            refused("DENY");
             return Err(InboundError::Denied {
                 peer: conn.peer,
                 principal: principal(&conn),
@@ -358,43 +386,39 @@ impl Inbound {
             });
         }
         let app = SocketAddr::new(self.app_ip(&view), conn.port);
-        let own = view.workload.identity.as_str().to_owned();
-        let peers = Peers {
-            source_principal: conn.peer_id.as_ref().map(SpiffeId::as_str),
-            destination_principal: &own,
-            destination_workload: &view.workload.name,
-            destination_namespace: &view.workload.namespace,
+        drop(view);
+        let connected = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await;
+        let mut upstream = match connected {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                refused("UF");
+                return Err(InboundError::App {
+                    peer: conn.peer,
+                    port: conn.port,
+                    app,
+                    source,
+                });
+            }
+            Err(_) => {
+                refused("UF");
+                return Err(InboundError::App {
+                    peer: conn.peer,
+                    port: conn.port,
+                    app,
+                    source: std::io::ErrorKind::TimedOut.into(),
+                });
+            }
         };
-        let mut upstream =
-            match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => {
-                    return Err(InboundError::App {
-                        peer: conn.peer,
-                        port: conn.port,
-                        app,
-                        source,
-                    });
-                }
-                Err(_) => {
-                    return Err(InboundError::App {
-                        peer: conn.peer,
-                        port: conn.port,
-                        app,
-                        source: std::io::ErrorKind::TimedOut.into(),
-                    });
-                }
-            };
         let _ = upstream.set_nodelay(true);
-        self.metrics.tcp_opened(&peers);
-        // Counted on the client side, so a connection that ends in an error (a client that
-        // vanishes without close_notify) still reports the bytes it moved.
-        let mut counted = Counted::new(&mut io);
+        let series = base.tcp("-");
+        series.opened.inc();
+        // Counted on the client side as the bytes move: sent = what the app answered,
+        // received = what the client sent (Envoy's `tcp_proxy` view).
+        let mut counted = CountedIo::new(io, series.sent.clone(), series.received.clone());
         if let Err(e) = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await {
             debug!(peer = %conn.peer, port = conn.port, error = %e, "inbound TCP copy ended");
         }
-        let (received, sent) = (counted.read, counted.written);
-        self.metrics.tcp_closed(&peers, sent, received);
+        series.closed.inc();
         Ok(())
     }
 }
@@ -421,58 +445,6 @@ async fn linger_close(mut io: TcpStream) {
 
 /// How long a refused handshake's connection may linger for its alert to be read.
 const LINGER: Duration = Duration::from_secs(1);
-
-/// Counts the bytes read from and written to a stream.
-struct Counted<'a, S> {
-    inner: &'a mut S,
-    read: u64,
-    written: u64,
-}
-
-impl<'a, S> Counted<'a, S> {
-    fn new(inner: &'a mut S) -> Self {
-        Self {
-            inner,
-            read: 0,
-            written: 0,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut *self.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written += n as u64;
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
-    }
-}
 
 fn principal(conn: &ConnInfo) -> String {
     conn.peer_id

@@ -39,7 +39,7 @@ pub fn from_port_name(name: &str) -> Protocol {
 /// The workload port a ServiceEntry port reaches: the WorkloadEntry's `ports` entry of the
 /// same name ("a map of servicePortName to this endpoint's port"), else `targetPort`, else
 /// the service port number.
-fn target_port(w: &Workload, sp: &ServicePort) -> Option<u16> {
+pub(crate) fn target_port(w: &Workload, sp: &ServicePort) -> Option<u16> {
     if let Some(p) = w.ports.get(&sp.name) {
         return Some(*p);
     }

@@ -17,10 +17,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_rustls::client::TlsStream;
+use trustmesh_core::SpiffeId;
+use trustmesh_pki::peer_spiffe_id;
 
 use super::error::OutboundError;
 use super::route::EndpointAddr;
 use super::tls::{self, ServiceRef};
+use crate::metrics::Metrics;
 
 /// A `tcp.maxConnections` slot, held by an open connection. Dropping it frees the slot and
 /// wakes the requests waiting for one.
@@ -72,6 +75,8 @@ pub struct Opened {
     pub peer: SocketAddr,
     /// ALPN chose HTTP/2.
     pub h2: bool,
+    /// The peer's SPIFFE ID, verified by a mesh mTLS handshake.
+    pub peer_id: Option<SpiffeId>,
 }
 
 /// Resolves `addr` (a DNS name takes its first address).
@@ -134,7 +139,8 @@ pub async fn tcp(
 }
 
 /// Opens a connection to `addr` holding `slot`: TCP, then TLS with `tls` (config and SNI)
-/// when given.
+/// when given. `mesh`: the TLS is mesh mTLS, its handshake counted there and the peer's
+/// SPIFFE ID kept.
 pub async fn open(
     addr: &EndpointAddr,
     tls: Option<(Arc<ClientConfig>, &str)>,
@@ -142,6 +148,7 @@ pub async fn open(
     keepalive: bool,
     slot: Slot,
     svc: ServiceRef<'_>,
+    mesh: Option<&Metrics>,
 ) -> Result<Opened, OutboundError> {
     let stream = tcp(addr, timeout, keepalive, svc).await?;
     let peer = stream.peer_addr().map_err(|e| OutboundError::Connect {
@@ -150,18 +157,21 @@ pub async fn open(
         peer: addr.to_string(),
         reason: e.to_string(),
     })?;
-    let (io, h2) = match tls {
-        None => (UpstreamIo::Plain(stream), false),
+    let (io, h2, peer_id) = match tls {
+        None => (UpstreamIo::Plain(stream), false, None),
         Some((config, sni)) => {
-            let s = tls::handshake(config, sni, stream, timeout, svc).await?;
-            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-            (UpstreamIo::Tls(Box::new(s)), h2)
+            let s = tls::handshake(config, sni, stream, timeout, svc, mesh).await?;
+            let session = s.get_ref().1;
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            let peer_id = mesh.and_then(|_| peer_spiffe_id(session));
+            (UpstreamIo::Tls(Box::new(s)), h2, peer_id)
         }
     };
     Ok(Opened {
         conn: Conn { io, _slot: slot },
         peer,
         h2,
+        peer_id,
     })
 }
 

@@ -196,6 +196,26 @@ impl OutboundError {
         }
     }
 
+    /// The service host the failure concerns, if it got that far.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Self::BadRequest { .. } | Self::NoConfig => None,
+            Self::UnknownHost { host }
+            | Self::NoIdentity { host, .. }
+            | Self::UnknownPort { host, .. }
+            | Self::NoEndpoints { host, .. }
+            | Self::NoAllowedIdentity { host, .. }
+            | Self::Overflow { host, .. }
+            | Self::ConnectTimeout { host, .. }
+            | Self::Connect { host, .. }
+            | Self::Tls { host, .. }
+            | Self::TlsConfig { host, .. }
+            | Self::Handshake { host, .. }
+            | Self::Upstream { host, .. }
+            | Self::Dns { host, .. } => Some(host),
+        }
+    }
+
     /// Whether a fresh attempt on another endpoint may succeed: the request never left this
     /// proxy because no connection could be made.
     pub fn is_connect_failure(&self) -> bool {

@@ -1,7 +1,9 @@
 //! Forwarding one absolute-form HTTP request: target from the URI, route, circuit breakers,
 //! a pooled connection, the request rewritten for the upstream (HTTP/2 keeps the absolute
 //! URI as `:scheme`/`:authority`; HTTP/1.1 gets origin-form and `Host`), and the response
-//! streamed back while it holds its connection and its active-request count.
+//! streamed back while it holds its connection and its active-request count. Each request
+//! is recorded with `reporter="source"`: the route's labels, the peer the connection
+//! verified, the status, and Envoy's response flag of a failure.
 //!
 //! What is not here: CONNECT (`tunnel`), the pools (`pool`).
 
@@ -18,8 +20,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use super::error::OutboundError;
 use super::pool::{ActiveRequest, Lease};
 use super::route::Target;
-use super::{Outbound, ProxyBody};
+use super::{OutBody, Outbound, ProxyBody, error_response, failure_flags, log_failure};
 use crate::hop_by_hop::remove_connection_options;
+use crate::metrics::{Exchange, RouteLabels};
 
 /// Connect failures are retried on the next endpoint, like Istio's default retry policy
 /// (`attempts: 2`, `retryOn: connect-failure,refused-stream,...`): at most 3 tries.
@@ -79,7 +82,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Shapes `req` for the connection it goes out on.
-fn prepare(req: &mut Request<Incoming>, authority: &Authority, h2: bool) {
+fn prepare(req: &mut Request<OutBody>, authority: &Authority, h2: bool) {
     let pq = req
         .uri()
         .path_and_query()
@@ -105,14 +108,67 @@ fn prepare(req: &mut Request<Incoming>, authority: &Authority, h2: bool) {
     }
 }
 
-/// Forwards an absolute-form request.
-pub async fn forward(
+/// Forwards an absolute-form request and answers it: the upstream's response, or the
+/// failure's status and reason.
+pub async fn forward(ob: &Outbound, req: Request<Incoming>) -> Response<ProxyBody> {
+    let exchange = Exchange::start(req.headers());
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let req = req.map(|b| exchange.count_request(b));
+    let mut failed = Failed::default();
+    match send(ob, req, &mut failed).await {
+        Ok(sent) => {
+            let base = sent.labels.base(sent.lease.peer_id());
+            let (mut parts, body) = sent.resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts.version = http::Version::HTTP_11;
+            let body = Held {
+                inner: body,
+                lease: Some(sent.lease),
+                active: Some(sent.active),
+            };
+            exchange
+                .respond(&base, "-", Response::from_parts(parts, body))
+                .map(BodyExt::boxed)
+        }
+        Err(e) => {
+            let flags = failure_flags(&e, failed.retry_limit);
+            log_failure(&method, &uri, &e, flags);
+            let labels = failed.labels.unwrap_or_else(|| ob.unrouted(e.host()));
+            exchange
+                .respond(&labels.base(None), flags, error_response(&e))
+                .map(BodyExt::boxed)
+        }
+    }
+}
+
+/// What a failed request had learned: its route's labels, whether it ran out of tries.
+#[derive(Debug, Default)]
+struct Failed {
+    labels: Option<std::sync::Arc<RouteLabels>>,
+    retry_limit: bool,
+}
+
+/// A response from upstream, with what it holds until its body is read.
+struct Sent {
+    resp: Response<Incoming>,
+    lease: Lease,
+    active: ActiveRequest,
+    labels: std::sync::Arc<RouteLabels>,
+}
+
+async fn send(
     ob: &Outbound,
-    mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, OutboundError> {
+    mut req: Request<OutBody>,
+    failed: &mut Failed,
+) -> Result<Sent, OutboundError> {
     let (target, authority) = target_of(req.uri())?;
-    let view = ob.shared.view().ok_or(OutboundError::NoConfig)?;
-    let route = ob.route(&view, &target)?;
+    let Some(view) = ob.shared.view() else {
+        failed.labels = Some(ob.unrouted(Some(&target.host)));
+        return Err(OutboundError::NoConfig);
+    };
+    let routed = ob.route(&view, &target);
+    failed.labels = Some(routed.labels.clone());
+    let route = routed.route?;
     let cluster = ob.pools.cluster(&route);
     let active = cluster.start_request()?;
     strip_hop_by_hop(req.headers_mut());
@@ -128,11 +184,21 @@ pub async fn forward(
                 tracing::debug!(error = %e, "outbound connect failed, trying the next endpoint");
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                failed.retry_limit = e.is_connect_failure() && n > 1;
+                return Err(e);
+            }
         };
         prepare(&mut req, &authority, lease.is_h2());
         match lease.send(req).await {
-            Ok(resp) => return Ok(respond(resp, lease, active)),
+            Ok(resp) => {
+                return Ok(Sent {
+                    resp,
+                    lease,
+                    active,
+                    labels: routed.labels,
+                });
+            }
             Err(mut e) => {
                 let peer = lease.peer();
                 match e.take_message() {
@@ -142,7 +208,8 @@ pub async fn forward(
                         tracing::debug!(%peer, error = %e.error(), "request not sent, retrying");
                         req = r;
                     }
-                    _ => {
+                    unsent => {
+                        failed.retry_limit = unsent.is_some();
                         return Err(OutboundError::Upstream {
                             host: route.host.clone(),
                             port: route.port,
@@ -154,20 +221,6 @@ pub async fn forward(
             }
         }
     }
-}
-
-/// The upstream response, its body holding the connection and the active-request count
-/// until it has been read.
-fn respond(resp: Response<Incoming>, lease: Lease, active: ActiveRequest) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.version = http::Version::HTTP_11;
-    let body = Held {
-        inner: body,
-        lease: Some(lease),
-        active: Some(active),
-    };
-    Response::from_parts(parts, body.boxed())
 }
 
 /// A response body that releases its connection lease and active-request count at its end.

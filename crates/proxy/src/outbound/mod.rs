@@ -11,7 +11,12 @@
 //! HTTP proxy cannot forward, 502 for an unknown host, 503 for everything upstream (no
 //! endpoint, connect or TLS failure, circuit breaker overflow).
 //!
-//! What is not here: inbound, identity, config (other modules of this crate); metrics.
+//! Every request is counted in Istio's standard metrics with `reporter="source"` (HTTP in
+//! [`forward`], CONNECT tunnels as TCP in [`tunnel`]), with the labels of the route and of
+//! the peer whose SVID the connection verified.
+//!
+//! What is not here: inbound, identity, config (other modules of this crate); the label
+//! values (`metrics`).
 
 mod connect;
 pub mod error;
@@ -41,20 +46,29 @@ pub use error::OutboundError;
 use pool::Pools;
 use route::{Route, Target};
 
+use crate::metrics::{CountedBody, Metrics, RouteLabels};
 use crate::state::{MeshView, Shared};
 
 /// The body of every response the outbound listener sends.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The body of every request sent upstream: the app's, its bytes counted as they stream.
+pub(crate) type OutBody = CountedBody<Incoming>;
 
 /// Most routes remembered per config version; beyond it the cache starts over (it also
 /// holds unknown hosts, which apps choose).
 const ROUTE_CACHE_MAX: usize = 1024;
 
 /// Serves the outbound HTTP proxy on `listener` until `shutdown` becomes true (or its sender
-/// is dropped). Then it accepts no new connection and returns; open connections finish
-/// their current request and close.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
-    let outbound = Arc::new(Outbound::new(shared));
+/// is dropped), counting into `metrics`. Then it accepts no new connection and returns;
+/// open connections finish their current request and close.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let outbound = Arc::new(Outbound::new(shared, metrics));
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
@@ -119,27 +133,36 @@ async fn serve_connection(
 #[derive(Debug)]
 pub(crate) struct Outbound {
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     pools: Pools,
     routes: Mutex<RouteCache>,
+}
+
+/// A route (or why there is none) and the metric labels of traffic to it.
+#[derive(Debug, Clone)]
+pub(crate) struct Routed {
+    route: Result<Arc<Route>, OutboundError>,
+    labels: Arc<RouteLabels>,
 }
 
 #[derive(Debug, Default)]
 struct RouteCache {
     view: Option<Arc<MeshView>>,
-    routes: HashMap<Target, Result<Arc<Route>, OutboundError>>,
+    routes: HashMap<Target, Routed>,
 }
 
 impl Outbound {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, metrics: Arc<Metrics>) -> Self {
         Self {
             shared,
-            pools: Pools::default(),
+            pools: Pools::new(metrics.clone()),
+            metrics,
             routes: Mutex::new(RouteCache::default()),
         }
     }
 
     /// The route of `target` in `view`, computed once per config version.
-    fn route(&self, view: &Arc<MeshView>, target: &Target) -> Result<Arc<Route>, OutboundError> {
+    fn route(&self, view: &Arc<MeshView>, target: &Target) -> Routed {
         let mut c = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         if !c.view.as_ref().is_some_and(|v| Arc::ptr_eq(v, view)) {
             c.view = Some(view.clone());
@@ -148,33 +171,69 @@ impl Outbound {
         if let Some(r) = c.routes.get(target) {
             return r.clone();
         }
-        let r = route::resolve(&view.snapshot, &view.workload, target).map(Arc::new);
+        let route = route::resolve(&view.snapshot, &view.workload, target).map(Arc::new);
+        // `destination_service`: the service host the request resolved to, else the host the
+        // app asked for.
+        let labels = self.metrics.labels(view);
+        let service = match &route {
+            Ok(r) => {
+                let ns = r.service_entry.split_once('/').map(|(ns, _)| ns);
+                labels.service(&view.snapshot, &r.host, ns)
+            }
+            Err(e) => labels.service(&view.snapshot, e.host().unwrap_or(&target.host), None),
+        };
+        let routed = Routed {
+            route,
+            labels: labels.route(service),
+        };
         if c.routes.len() >= ROUTE_CACHE_MAX {
             c.routes.clear();
         }
-        c.routes.insert(target.clone(), r.clone());
-        r
+        c.routes.insert(target.clone(), routed.clone());
+        routed
+    }
+
+    /// The labels of a request that failed before it had a route: to `host` if known.
+    fn unrouted(&self, host: Option<&str>) -> Arc<RouteLabels> {
+        let labels = match self.shared.view() {
+            Some(v) => self.metrics.labels(&v),
+            None => self.metrics.no_view(),
+        };
+        match host {
+            Some(h) => labels.route(labels.service_of(h, None)),
+            None => labels.no_route(),
+        }
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let result = if method == Method::CONNECT {
+        if req.method() == Method::CONNECT {
             tunnel::connect(self, req).await
         } else {
             forward::forward(self, req).await
-        };
-        result.unwrap_or_else(|e| {
-            match &e {
-                OutboundError::Tls { .. } => {
-                    tracing::warn!(%method, %uri, flag = e.response_flag(), error = %e, "outbound request refused");
-                }
-                _ => {
-                    tracing::debug!(%method, %uri, flag = e.response_flag(), error = %e, "outbound request failed");
-                }
-            }
-            error_response(&e)
-        })
+        }
+    }
+}
+
+/// Logs a failed request or tunnel: a TLS refusal (secure naming, a bad peer certificate)
+/// at warn, everything else at debug.
+fn log_failure(method: &Method, uri: &http::Uri, e: &OutboundError, flags: &str) {
+    match e {
+        OutboundError::Tls { .. } => {
+            tracing::warn!(%method, %uri, flag = flags, error = %e, "outbound request refused");
+        }
+        _ => {
+            tracing::debug!(%method, %uri, flag = flags, error = %e, "outbound request failed");
+        }
+    }
+}
+
+/// Envoy's `response_flags` for `e`, with `URX` when the retry (or connect attempt) limit
+/// was reached on a failure that would otherwise have been retried.
+fn failure_flags(e: &OutboundError, retry_limit: bool) -> &'static str {
+    match (e.response_flag(), retry_limit) {
+        ("UF", true) => "UF,URX",
+        ("UC", true) => "UC,URX",
+        (f, _) => f,
     }
 }
 

@@ -33,12 +33,15 @@ use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use tokio::sync::{Notify, OnceCell, Semaphore};
+use trustmesh_core::SpiffeId;
 use trustmesh_pki::TrustBundleSet;
 
+use super::OutBody;
 use super::connect::{self, Slot};
 use super::error::OutboundError;
 use super::route::{Limits, Route, Upstream, UpstreamTls};
 use super::tls::{self, ALPN_H2, ALPN_HTTP, ServiceRef};
+use crate::metrics::Metrics;
 use crate::state::Shared;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -46,12 +49,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Every cluster of one outbound listener.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pools {
     clusters: Mutex<HashMap<(String, u16), Arc<Cluster>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Pools {
+    /// No cluster yet; mesh mTLS handshakes count into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            clusters: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
     /// The cluster of `route`; a new one when its limits changed (requests in flight finish
     /// on the old one).
     pub fn cluster(&self, route: &Route) -> Arc<Cluster> {
@@ -60,7 +72,12 @@ impl Pools {
         if let Some(c) = m.get(&key).filter(|c| c.limits == route.limits) {
             return c.clone();
         }
-        let c = Arc::new(Cluster::new(&route.host, route.port, route.limits.clone()));
+        let c = Arc::new(Cluster::new(
+            &route.host,
+            route.port,
+            route.limits.clone(),
+            self.metrics.clone(),
+        ));
         m.insert(key, c.clone());
         c
     }
@@ -79,10 +96,11 @@ pub struct Cluster {
     capacity: Arc<Notify>,
     next: AtomicUsize,
     endpoints: Mutex<HashMap<Upstream, Arc<EndpointPool>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Cluster {
-    fn new(host: &str, port: u16, limits: Limits) -> Self {
+    fn new(host: &str, port: u16, limits: Limits, metrics: Arc<Metrics>) -> Self {
         let slots = usize::try_from(limits.max_connections)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
@@ -96,7 +114,13 @@ impl Cluster {
             capacity: Arc::new(Notify::new()),
             next: AtomicUsize::new(0),
             endpoints: Mutex::new(HashMap::new()),
+            metrics,
         }
+    }
+
+    /// Where mesh mTLS handshakes are counted.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The limits.
@@ -241,8 +265,8 @@ impl Drop for Pending {
 /// How a pooled connection speaks.
 #[derive(Debug)]
 enum Sender {
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+    H1(http1::SendRequest<OutBody>),
+    H2(http2::SendRequest<OutBody>),
 }
 
 impl Sender {
@@ -259,6 +283,8 @@ impl Sender {
 struct ConnStats {
     id: u64,
     peer: SocketAddr,
+    /// The SPIFFE ID the mesh mTLS handshake verified.
+    peer_id: Option<SpiffeId>,
     /// Requests started on it.
     served: AtomicU32,
     in_flight: AtomicUsize,
@@ -510,6 +536,7 @@ async fn connect_new(
     let svc = cluster.svc();
     let limits = cluster.limits();
     let tls = ep.client_tls(shared, svc).await?;
+    let mesh = matches!(ep.upstream.tls, UpstreamTls::Mesh(_)).then(|| cluster.metrics());
     let opened = connect::open(
         &ep.upstream.addr,
         tls.as_ref().map(|(c, sni)| (c.clone(), sni.as_str())),
@@ -517,6 +544,7 @@ async fn connect_new(
         limits.tcp_keepalive,
         slot,
         svc,
+        mesh,
     )
     .await?;
     let peer = opened.peer;
@@ -529,6 +557,7 @@ async fn connect_new(
     let stats = Arc::new(ConnStats {
         id: ep.next_id.fetch_add(1, Ordering::Relaxed),
         peer,
+        peer_id: opened.peer_id.clone(),
         served: AtomicU32::new(0),
         in_flight: AtomicUsize::new(0),
         last_active: Mutex::new(Instant::now()),
@@ -638,6 +667,11 @@ impl Lease {
         self.stats.peer
     }
 
+    /// The peer's SPIFFE ID, verified by the mesh mTLS handshake (`None` otherwise).
+    pub fn peer_id(&self) -> Option<&SpiffeId> {
+        self.stats.peer_id.as_ref()
+    }
+
     /// Whether the connection speaks HTTP/2.
     pub fn is_h2(&self) -> bool {
         matches!(self.sender, Some(Sender::H2(_)))
@@ -655,8 +689,8 @@ impl Lease {
     /// Sends `req`. On failure the request comes back if it never left.
     pub async fn send(
         &mut self,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<Incoming>>> {
+        req: Request<OutBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<OutBody>>> {
         match &mut self.sender {
             Some(Sender::H1(s)) => s.try_send_request(req).await,
             Some(Sender::H2(s)) => s.try_send_request(req).await,

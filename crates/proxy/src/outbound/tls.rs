@@ -27,6 +27,7 @@ use trustmesh_pki::{Allowed, TrustBundleSet, crypto_provider, verify::spiffe_id_
 
 use super::error::OutboundError;
 use super::route::{FileTls, MeshTls};
+use crate::metrics::{Direction, HandshakeFailure, Metrics};
 use crate::state::Shared;
 
 /// ALPN for pooled HTTP between proxies.
@@ -141,13 +142,15 @@ pub async fn file_config(
     Ok(Arc::new(cfg))
 }
 
-/// Runs the client handshake on `tcp` within `timeout`.
+/// Runs the client handshake on `tcp` within `timeout`; a mesh mTLS handshake (`mesh`) is
+/// counted there, a failure with its reason.
 pub async fn handshake(
     config: Arc<ClientConfig>,
     sni: &str,
     tcp: TcpStream,
     timeout: Duration,
     svc: ServiceRef<'_>,
+    mesh: Option<&Metrics>,
 ) -> Result<TlsStream<TcpStream>, OutboundError> {
     let peer = tcp.peer_addr().map_err(|e| OutboundError::Connect {
         host: svc.host.to_owned(),
@@ -163,13 +166,29 @@ pub async fn handshake(
     };
     let name = ServerName::try_from(sni.to_owned())
         .map_err(|_| tls_error(format!("{sni:?} is not a valid TLS server name")))?;
+    let failed = |reason| {
+        if let Some(m) = mesh {
+            m.handshake_failed(Direction::Outbound, reason);
+        }
+    };
     match tokio::time::timeout(timeout, TlsConnector::from(config).connect(name, tcp)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(tls_error(tls_reason(&e))),
-        Err(_) => Err(tls_error(format!(
-            "no handshake within {}ms",
-            timeout.as_millis()
-        ))),
+        Ok(Ok(s)) => {
+            if let Some(m) = mesh {
+                m.handshake_succeeded(Direction::Outbound);
+            }
+            Ok(s)
+        }
+        Ok(Err(e)) => {
+            failed(HandshakeFailure::from_io(&e));
+            Err(tls_error(tls_reason(&e)))
+        }
+        Err(_) => {
+            failed(HandshakeFailure::Timeout);
+            Err(tls_error(format!(
+                "no handshake within {}ms",
+                timeout.as_millis()
+            )))
+        }
     }
 }
 

@@ -318,6 +318,35 @@ impl Harness {
         port_name: &str,
         policies: impl FnOnce(u16) -> Vec<Value>,
     ) -> Self {
+        let name = port_name.to_owned();
+        Self::start_with(
+            proxy_ip,
+            app_ip,
+            port_name,
+            move |port, proxy_ip, app_ip| {
+                let mut resources = vec![workload_entry(
+                    "prod",
+                    "orders",
+                    proxy_ip,
+                    "orders",
+                    &[(&name, port)],
+                    json!({"annotations": {"trustmesh.io/app-address": app_ip.to_string()}}),
+                )];
+                resources.extend(policies(port));
+                resources
+            },
+        )
+        .await
+    }
+
+    /// As [`Harness::start`], but `resources` (given the port, the proxy and the app address)
+    /// return every resource, the WorkloadEntry `prod/orders` included.
+    pub async fn start_with(
+        proxy_ip: [u8; 4],
+        app_ip: [u8; 4],
+        port_name: &str,
+        resources: impl FnOnce(u16, IpAddr, IpAddr) -> Vec<Value>,
+    ) -> Self {
         let ca = TestCa::new(TD);
         let (proxy_ip, app_ip) = (ip(proxy_ip), ip(app_ip));
         let listener = TcpListener::bind(SocketAddr::new(proxy_ip, 0))
@@ -340,15 +369,7 @@ impl Harness {
         }
         let shared = Shared::new(WORKLOAD);
         shared.set_identity(ca.identity("prod", "orders"));
-        let mut resources = vec![workload_entry(
-            "prod",
-            "orders",
-            proxy_ip,
-            "orders",
-            &[(port_name, port)],
-            json!({"annotations": {"trustmesh.io/app-address": app_ip.to_string()}}),
-        )];
-        resources.extend(policies(port));
+        let resources = resources(port, proxy_ip, app_ip);
         let h = Self {
             shared: shared.clone(),
             metrics: Arc::new(Metrics::default()),

@@ -30,6 +30,7 @@ use trustmesh_core::{SpiffeId, TrustDomain};
 use trustmesh_pki::{
     Ca, IssuedSvid, KeyPair, SpiffeClientVerifier, TrustBundleSet, peer_spiffe_id,
 };
+use trustmesh_proxy::metrics::Metrics;
 use trustmesh_proxy::outbound;
 use trustmesh_proxy::state::{Identity, MeshView, Shared};
 
@@ -166,6 +167,8 @@ pub fn orders(addr: SocketAddr, extra: Vec<Value>) -> Vec<Value> {
 /// A running outbound listener; stops when dropped.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// What it counted.
+    pub metrics: Arc<Metrics>,
     _stop: watch::Sender<bool>,
 }
 
@@ -173,8 +176,13 @@ pub async fn start(shared: Arc<Shared>) -> Proxy {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(outbound::serve(listener, shared, rx));
-    Proxy { addr, _stop: tx }
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn(outbound::serve(listener, shared, metrics.clone(), rx));
+    Proxy {
+        addr,
+        metrics,
+        _stop: tx,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
