@@ -71,7 +71,7 @@ pub struct ProxyArgs {
     pub log_level: String,
     /// Worker threads. 1 (the default, as sidecars are usually given one core) runs every
     /// connection on one thread, which spares the cross-thread wake-ups that dominated the
-    /// profile (bench/first-look.sh: 4.7 vs 8.5 CPU-s per 100k requests for the pair).
+    /// profile (4.7 vs 8.5 CPU-s per 100k requests for the pair, measured when it was chosen).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: u16,
 }
