@@ -50,7 +50,19 @@ pub use verify::{
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .get_or_init(|| {
+            let mut p = rustls::crypto::aws_lc_rs::default_provider();
+            // AES-128-GCM-SHA256 first, as BoringSSL (Envoy, Istio) orders TLS 1.3 suites on
+            // CPUs with AES instructions: it runs on the SHA-256 extensions, where aws-lc's
+            // SHA-384 (the default first suite) takes a slower generic path — a tenth of a
+            // full handshake's CPU, and bulk encryption gets cheaper too.
+            p.cipher_suites.sort_by_key(|s| match s.suite() {
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+                _ => 2,
+            });
+            Arc::new(p)
+        })
         .clone()
 }
 
@@ -99,5 +111,21 @@ mod tests {
     #[test]
     fn provider_is_shared() {
         assert!(Arc::ptr_eq(&crypto_provider(), &crypto_provider()));
+    }
+
+    #[test]
+    fn tls13_prefers_aes_128_gcm_sha256_and_keeps_every_suite() {
+        let suites: Vec<rustls::CipherSuite> = crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(suites[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert_eq!(
+            suites.len(),
+            rustls::crypto::aws_lc_rs::default_provider()
+                .cipher_suites
+                .len()
+        );
     }
 }

@@ -177,6 +177,9 @@ impl Shared {
         // No resumption: a resumed TLS 1.3 session skips client authentication, and every
         // mesh connection must prove the peer's current SVID against the current bundles.
         cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        // And no NewSessionTicket messages nobody could use: two encrypted records per
+        // handshake saved.
+        cfg.send_tls13_tickets = 0;
         Ok(Arc::new(cfg))
     }
 

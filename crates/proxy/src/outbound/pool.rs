@@ -6,12 +6,15 @@
 //! a semaphore shared by the cluster's endpoints and CONNECT tunnels). Under it, one
 //! [`EndpointPool`] per (endpoint, TLS settings) keeps the connections:
 //!
-//! - HTTP/2 (between proxies, ALPN `h2`): one connection multiplexes every request, so the
-//!   mTLS handshake is paid once per peer. Requests that find no usable connection share a
-//!   single connect in flight. `http.maxRequestsPerConnection` retires a connection after
-//!   N requests: it takes no new request and closes when its last one completes.
-//! - HTTP/1.1 (plaintext upstreams, or TLS servers without `h2`): idle keep-alive
-//!   connections, one request at a time each.
+//! - HTTP/2 (between proxies by default, ALPN `h2`): one connection multiplexes every
+//!   request, so the mTLS handshake is paid once per peer. Requests that find no usable
+//!   connection share a single connect in flight. `http.maxRequestsPerConnection` retires a
+//!   connection after N requests: it takes no new request and closes when its last one
+//!   completes. `http.h2UpgradePolicy` DEFAULT means trustmesh's mesh-wide default, UPGRADE
+//!   (Istio's is DO_NOT_UPGRADE).
+//! - HTTP/1.1 (between proxies with `h2UpgradePolicy: DO_NOT_UPGRADE`, ALPN `http/1.1`;
+//!   plaintext upstreams; TLS servers without `h2`): idle keep-alive connections, one
+//!   request at a time each; a request finding none idle opens its own at once.
 //!
 //! A connection idle for `http.idleTimeout` (or alive for `tcp.maxConnectionDuration`) is
 //! retired the same way. Nothing here ever cuts a request in flight.
@@ -40,7 +43,7 @@ use super::OutBody;
 use super::connect::{self, Slot};
 use super::error::OutboundError;
 use super::route::{Limits, Route, Upstream, UpstreamTls};
-use super::tls::{self, ALPN_H2, ALPN_HTTP, ServiceRef};
+use super::tls::{self, ALPN_H1, ALPN_H2, ALPN_HTTP, ServiceRef};
 use crate::metrics::Metrics;
 use crate::state::Shared;
 
@@ -230,6 +233,7 @@ impl Cluster {
             upstream: upstream.clone(),
             bundles: bundles.clone(),
             tls: OnceCell::new(),
+            tls_h2: OnceCell::new(),
             state: Mutex::new(EndpointState::default()),
             next_id: AtomicU64::new(0),
         });
@@ -339,6 +343,8 @@ pub struct EndpointPool {
     upstream: Upstream,
     bundles: Arc<TrustBundleSet>,
     tls: OnceCell<Arc<ClientConfig>>,
+    /// The mesh config offering `h2` (`h2UpgradePolicy: UPGRADE`); `tls` offers HTTP/1.1.
+    tls_h2: OnceCell<Arc<ClientConfig>>,
     state: Mutex<EndpointState>,
     next_id: AtomicU64,
 }
@@ -353,10 +359,14 @@ enum Step {
 
 impl EndpointPool {
     /// The TLS config and SNI for this endpoint (`None` for plaintext).
+    /// Between proxies, `h2` multiplexes every request over one connection; without it
+    /// (`h2UpgradePolicy: DO_NOT_UPGRADE`) HTTP/1.1 keep-alive connections carry one request
+    /// at a time each.
     async fn client_tls(
         &self,
         shared: &Arc<Shared>,
         svc: ServiceRef<'_>,
+        h2: bool,
     ) -> Result<Option<(Arc<ClientConfig>, String)>, OutboundError> {
         match &self.upstream.tls {
             UpstreamTls::Plain => Ok(None),
@@ -367,10 +377,14 @@ impl EndpointPool {
                         port: svc.port,
                     });
                 }
-                let cfg = self
-                    .tls
+                let (cell, alpn) = if h2 {
+                    (&self.tls_h2, ALPN_H2)
+                } else {
+                    (&self.tls, ALPN_H1)
+                };
+                let cfg = cell
                     .get_or_try_init(|| async {
-                        tls::mesh_config(shared, self.bundles.clone(), m, ALPN_H2, svc)
+                        tls::mesh_config(shared, self.bundles.clone(), m, alpn, svc)
                     })
                     .await?;
                 Ok(Some((cfg.clone(), m.sni.clone())))
@@ -385,9 +399,15 @@ impl EndpointPool {
         }
     }
 
-    /// Whether connections here are expected to multiplex (TLS with ALPN `h2` offered).
-    fn multiplexed(&self) -> bool {
-        !matches!(self.upstream.tls, UpstreamTls::Plain)
+    /// Whether connections here are expected to multiplex (TLS with ALPN `h2` offered):
+    /// then requests waiting for a connection share one connect. Otherwise each waiting
+    /// request opens its own, at once: an HTTP/1.1 connection carries one request at a time.
+    fn multiplexed(&self, limits: &Limits) -> bool {
+        match self.upstream.tls {
+            UpstreamTls::Plain => false,
+            UpstreamTls::Mesh(_) => limits.h2_upgrade,
+            UpstreamTls::Files(_) => true,
+        }
     }
 
     /// A connection for one request: a pooled one with room, or a new one. Waits (as a
@@ -463,7 +483,7 @@ impl EndpointPool {
         if pending.is_none() {
             *pending = Some(cluster.start_pending()?);
         }
-        if self.multiplexed()
+        if self.multiplexed(limits)
             && let Some(c) = &st.connecting
         {
             return Ok(Step::Wait(c.clone()));
@@ -471,7 +491,7 @@ impl EndpointPool {
         let Some(slot) = cluster.try_slot() else {
             return Ok(Step::WaitForSlot);
         };
-        if !self.multiplexed() {
+        if !self.multiplexed(limits) {
             return Ok(Step::ConnectHere(slot));
         }
         // One connect for every request waiting on this endpoint.
@@ -535,7 +555,7 @@ async fn connect_new(
 ) -> Result<Pooled, OutboundError> {
     let svc = cluster.svc();
     let limits = cluster.limits();
-    let tls = ep.client_tls(shared, svc).await?;
+    let tls = ep.client_tls(shared, svc, limits.h2_upgrade).await?;
     let mesh = matches!(ep.upstream.tls, UpstreamTls::Mesh(_)).then(|| cluster.metrics());
     let opened = connect::open(
         &ep.upstream.addr,

@@ -14,7 +14,8 @@ use trustmesh_core::SpiffeId;
 use trustmesh_core::destination::{self, ClientTls, DNS_DOMAIN, Destination};
 use trustmesh_core::model::ServiceEntry;
 use trustmesh_core::model::networking::{
-    ClientTlsSettings, ConnectionPoolSettings, Location, Resolution, ServicePort, TlsMode,
+    ClientTlsSettings, ConnectionPoolSettings, H2UpgradePolicy, Location, Resolution, ServicePort,
+    TlsMode,
 };
 use trustmesh_core::model::security::MtlsMode;
 use trustmesh_core::peerauth;
@@ -145,6 +146,9 @@ pub struct Limits {
     pub h2_keepalive: Option<(Duration, Option<Duration>)>,
     /// `tcp.tcpKeepalive` set: enable SO_KEEPALIVE (probe timings stay the OS's).
     pub tcp_keepalive: bool,
+    /// HTTP/1.1 requests go to the peer proxy over HTTP/2: unless `http.h2UpgradePolicy` is
+    /// DO_NOT_UPGRADE.
+    pub h2_upgrade: bool,
 }
 
 impl Default for Limits {
@@ -192,6 +196,11 @@ impl Limits {
                     Some((interval, k.timeout.map(|d| d.as_duration())))
                 }),
             tcp_keepalive: pool.tcp_keepalive.is_some(),
+            // Istio: "DEFAULT: use the global default". trustmesh's mesh-wide default is
+            // UPGRADE (Istio's is DO_NOT_UPGRADE): one multiplexed mTLS connection per peer
+            // proxy instead of one per concurrent request, so one handshake and one set of
+            // buffers. DO_NOT_UPGRADE keeps HTTP/1.1 keep-alive connections, as Envoy does.
+            h2_upgrade: pool.h2_upgrade_policy != H2UpgradePolicy::DoNotUpgrade,
         }
     }
 }

@@ -30,8 +30,10 @@ use super::route::{FileTls, MeshTls};
 use crate::metrics::{Direction, HandshakeFailure, Metrics};
 use crate::state::Shared;
 
-/// ALPN for pooled HTTP between proxies.
+/// ALPN between proxies with `h2UpgradePolicy: UPGRADE` (one multiplexed connection).
 pub const ALPN_H2: &[&[u8]] = &[b"h2"];
+/// ALPN between proxies with `h2UpgradePolicy: DO_NOT_UPGRADE` (keep-alive HTTP/1.1).
+pub const ALPN_H1: &[&[u8]] = &[b"http/1.1"];
 /// ALPN towards non-mesh TLS servers: either HTTP version.
 pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
 /// No ALPN: a CONNECT tunnel carries the app's own bytes.
