@@ -3,16 +3,22 @@
 //! `sign_csr`: one pre-built workload CSR (P-256) → signed X509-SVID, per iteration; CSRs are
 //! generated before measuring and used round-robin. `verify_svid`: one full SPIFFE
 //! verification (leaf rules, bundle selection, WebPKI path validation) per iteration.
+//! `client_verifier_cold` / `client_verifier_cached`: the rustls client-certificate verifier
+//! on its first sight of a chain (a fresh verifier each iteration, built outside the
+//! measurement: full verification plus hashing and remembering the chain) and on every later
+//! sight (the same verifier: a hash and a lookup).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::UnixTime;
 use trustmesh_core::{SpiffeId, TrustDomain};
 use trustmesh_pki::verify::{Usage, verify_svid};
-use trustmesh_pki::{Ca, KeyPair, TrustBundleSet, csr_for};
+use trustmesh_pki::{Ca, KeyPair, SpiffeClientVerifier, TrustBundleSet, csr_for};
 
 fn bench(c: &mut Criterion) {
     let td = TrustDomain::new("cluster.local").unwrap();
@@ -52,6 +58,28 @@ fn bench(c: &mut Criterion) {
             black_box(verify_svid(black_box(&svid.chain_der), &bundles, at, Usage::Client).unwrap())
         })
     });
+    let bundles = Arc::new(bundles);
+    group.bench_function("client_verifier_cold", |b| {
+        b.iter_batched(
+            || SpiffeClientVerifier::new(bundles.clone()),
+            |verifier| {
+                verifier
+                    .verify_client_cert(black_box(&svid.cert_der), &[], at)
+                    .unwrap();
+                verifier
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let verifier = SpiffeClientVerifier::new(bundles.clone());
+    group.bench_function("client_verifier_cached", |b| {
+        b.iter(|| {
+            verifier
+                .verify_client_cert(black_box(&svid.cert_der), &[], at)
+                .unwrap()
+        })
+    });
+    assert_eq!(verifier.cache_stats().misses, 1);
     group.finish();
 }
 

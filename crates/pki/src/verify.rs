@@ -10,7 +10,9 @@
 //!
 //! On top: [`SpiffeClientVerifier`] (server side: mandatory client certificate) and
 //! [`SpiffeServerVerifier`] (client side: plus secure naming against [`Allowed`]), and
-//! TLS 1.3-only [`server_config`] / [`client_config`]. What does not live here: policy
+//! TLS 1.3-only [`server_config`] / [`client_config`]. Each verifier remembers up to 256
+//! chains that verified (`verify/cache.rs`, [`ChainCacheStats`]), so a peer's unchanged SVID
+//! is path-validated once, not on every handshake. What does not live here: policy
 //! (AuthorizationPolicy decides what a verified identity may do).
 
 use std::fmt;
@@ -30,6 +32,11 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::bundle::TrustBundleSet;
+
+mod cache;
+
+pub use cache::ChainCacheStats;
+use cache::{ChainCache, verify_svid_cached};
 
 /// Which end of a connection the certificate's owner is: selects the required EKU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +189,18 @@ pub fn verify_chain_with(
     now: UnixTime,
     policy: &ChainPolicy<'_>,
 ) -> Result<(), ChainError> {
+    verify_chain_then(leaf, intermediates, anchors, now, policy, |_| ())
+}
+
+/// [`verify_chain_with`], then `inspect` applied to the path that verified.
+fn verify_chain_then<T>(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    anchors: &[TrustAnchor<'_>],
+    now: UnixTime,
+    policy: &ChainPolicy<'_>,
+    inspect: impl FnOnce(&webpki::VerifiedPath<'_>) -> T,
+) -> Result<T, ChainError> {
     let ee = webpki::EndEntityCert::try_from(leaf).map_err(ChainError::Malformed)?;
     let algs = crate::crypto_provider().signature_verification_algorithms;
     let max = policy.max_intermediates;
@@ -204,7 +223,7 @@ pub fn verify_chain_with(
         max.is_some()
             .then_some(&depth_check as &dyn Fn(&webpki::VerifiedPath<'_>) -> _),
     )
-    .map(|_| ())
+    .map(|path| inspect(&path))
     .map_err(|e| ChainError::from_webpki(e, policy.usage))
 }
 
@@ -469,6 +488,18 @@ fn verify_svid_parts(
     now: UnixTime,
     usage: Usage,
 ) -> Result<SpiffeId, VerifyError> {
+    verify_svid_then(leaf, intermediates, bundles, now, usage, |_| ()).map(|(id, ())| id)
+}
+
+/// [`verify_svid`] on a split chain, then `inspect` applied to the path that verified.
+fn verify_svid_then<T>(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    bundles: &TrustBundleSet,
+    now: UnixTime,
+    usage: Usage,
+    inspect: impl FnOnce(&webpki::VerifiedPath<'_>) -> T,
+) -> Result<(SpiffeId, T), VerifyError> {
     let id = inspect_leaf(leaf)?;
     let trust_domain = id.trust_domain();
     let Some(bundle) = bundles.get(&trust_domain) else {
@@ -479,8 +510,9 @@ fn verify_svid_parts(
     if bundle.is_empty() {
         return Err(VerifyError::EmptyBundle { id, trust_domain });
     }
-    match verify_chain(leaf, intermediates, bundle.anchors(), now, usage) {
-        Ok(()) => Ok(id),
+    let policy = ChainPolicy::new(usage);
+    match verify_chain_then(leaf, intermediates, bundle.anchors(), now, &policy, inspect) {
+        Ok(t) => Ok((id, t)),
         Err(e) => Err(VerifyError::from_chain(id, e)),
     }
 }
@@ -539,7 +571,9 @@ fn tls12_refused() -> rustls::Error {
 ///
 /// It authenticates only; what the identity may do is AuthorizationPolicy's decision. Read
 /// the verified identity afterwards with [`peer_spiffe_id`]. The bundles are fixed per
-/// verifier: when they change, build a new verifier and config.
+/// verifier: when they change, build a new verifier and config. Chains that verified are
+/// remembered per verifier ([`SpiffeClientVerifier::cache_stats`]); `now` is re-checked on
+/// every call.
 ///
 /// [`SpiffeClientVerifier::optional`] is the control plane's variant: a client may connect
 /// without a certificate (a proxy bootstrapping with a join token has none yet), but a
@@ -548,6 +582,7 @@ fn tls12_refused() -> rustls::Error {
 pub struct SpiffeClientVerifier {
     bundles: Arc<TrustBundleSet>,
     mandatory: bool,
+    cache: ChainCache,
 }
 
 impl SpiffeClientVerifier {
@@ -556,6 +591,7 @@ impl SpiffeClientVerifier {
         Self {
             bundles,
             mandatory: true,
+            cache: ChainCache::new(),
         }
     }
 
@@ -566,12 +602,18 @@ impl SpiffeClientVerifier {
         Self {
             bundles,
             mandatory: false,
+            cache: ChainCache::new(),
         }
     }
 
     /// The bundles it trusts.
     pub fn bundles(&self) -> &TrustBundleSet {
         &self.bundles
+    }
+
+    /// The counters of its cache of verified chains.
+    pub fn cache_stats(&self) -> ChainCacheStats {
+        self.cache.stats()
     }
 }
 
@@ -595,7 +637,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        verify_svid_parts(end_entity, intermediates, &self.bundles, now, Usage::Client)?;
+        verify_svid_cached(
+            &self.cache,
+            end_entity,
+            intermediates,
+            &self.bundles,
+            now,
+            Usage::Client,
+        )?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -625,22 +674,34 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 /// rustls server-certificate verifier for the client side of mesh connections: the server
 /// must present a valid X509-SVID, and its identity must be [`Allowed`] (secure naming).
 ///
-/// The TLS server name (SNI) plays no part in identity: SVIDs carry no DNS SAN.
+/// The TLS server name (SNI) plays no part in identity: SVIDs carry no DNS SAN. Chains that
+/// verified are remembered per verifier ([`SpiffeServerVerifier::cache_stats`]); `now` and
+/// secure naming are re-checked on every call.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     bundles: Arc<TrustBundleSet>,
     allowed: Allowed,
+    cache: ChainCache,
 }
 
 impl SpiffeServerVerifier {
     /// A verifier trusting `bundles` and accepting the server identities `allowed`.
     pub fn new(bundles: Arc<TrustBundleSet>, allowed: Allowed) -> Self {
-        Self { bundles, allowed }
+        Self {
+            bundles,
+            allowed,
+            cache: ChainCache::new(),
+        }
     }
 
     /// The identities accepted.
     pub fn allowed(&self) -> &Allowed {
         &self.allowed
+    }
+
+    /// The counters of its cache of verified chains.
+    pub fn cache_stats(&self) -> ChainCacheStats {
+        self.cache.stats()
     }
 
     /// The SPIFFE verification and secure naming, without rustls types.
@@ -650,9 +711,16 @@ impl SpiffeServerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<SpiffeId, VerifyError> {
-        let id = verify_svid_parts(end_entity, intermediates, &self.bundles, now, Usage::Server)?;
-        // DESIGN.md: "a client checks the server is one of the identities allowed to serve
-        // the destination service".
+        let id = verify_svid_cached(
+            &self.cache,
+            end_entity,
+            intermediates,
+            &self.bundles,
+            now,
+            Usage::Server,
+        )?;
+        // Checked on every call, cache hit or not. DESIGN.md: "a client checks the server is
+        // one of the identities allowed to serve the destination service".
         if !self.allowed.permits(&id) {
             return Err(VerifyError::UnexpectedPeer {
                 got: id,

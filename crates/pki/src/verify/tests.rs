@@ -604,3 +604,5 @@ fn spiffe_id_of_reads_only_single_uri_svids() {
     });
     assert_eq!(spiffe_id_of(&two), None);
 }
+
+mod cache;
