@@ -137,17 +137,26 @@ pub fn compile_view(
     if bundles.is_empty() {
         bundles = bootstrap.clone();
     }
-    let bundles = Arc::new(bundles);
-    let server_tls = shared
-        .server_tls(bundles.clone())
-        .map_err(|source| UpdateError::Tls {
-            workload: workload.clone(),
-            version,
-            source,
-        })?;
-    // Client certificates are checked against the same clock the proxy schedules by.
-    let mut tls = (*server_tls).clone();
-    tls.time_provider = Arc::new(clock.clone());
+    // Same bundles as the view in force: keep its TLS config, and so its verifier's cache of
+    // peer chains already verified (trustmesh_pki::verify), across config pushes.
+    let (bundles, server_tls) = match shared.view() {
+        Some(v) if *v.bundles == bundles => (v.bundles.clone(), v.server_tls.clone()),
+        _ => {
+            let bundles = Arc::new(bundles);
+            let server_tls =
+                shared
+                    .server_tls(bundles.clone())
+                    .map_err(|source| UpdateError::Tls {
+                        workload: workload.clone(),
+                        version,
+                        source,
+                    })?;
+            // Client certificates are checked against the same clock the proxy schedules by.
+            let mut tls = (*server_tls).clone();
+            tls.time_provider = Arc::new(clock.clone());
+            (bundles, Arc::new(tls))
+        }
+    };
     Ok(MeshView {
         version,
         snapshot: Arc::new(snapshot),
@@ -155,7 +164,7 @@ pub fn compile_view(
         policies: Arc::new(policies),
         inbound: Arc::new(inbound),
         bundles,
-        server_tls: Arc::new(tls),
+        server_tls,
     })
 }
 
