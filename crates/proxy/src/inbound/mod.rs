@@ -415,7 +415,15 @@ impl Inbound {
         // Counted on the client side as the bytes move: sent = what the app answered,
         // received = what the client sent (Envoy's `tcp_proxy` view).
         let mut counted = CountedIo::new(io, series.sent.clone(), series.received.clone());
-        if let Err(e) = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await {
+        let copy_buf = crate::outbound::COPY_BUF;
+        if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
+            &mut counted,
+            &mut upstream,
+            copy_buf,
+            copy_buf,
+        )
+        .await
+        {
             debug!(peer = %conn.peer, port = conn.port, error = %e, "inbound TCP copy ended");
         }
         series.closed.inc();

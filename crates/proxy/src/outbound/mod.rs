@@ -25,6 +25,7 @@ mod pool;
 pub mod route;
 mod tls;
 mod tunnel;
+pub(crate) use tunnel::COPY_BUF;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

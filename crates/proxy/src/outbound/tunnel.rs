@@ -157,6 +157,10 @@ async fn open(
 }
 
 /// Copies both ways until both sides finished, or nothing moved for `idle`.
+/// Bytes read per copy step each way: one full TLS record (16 KiB of plaintext), so bulk
+/// transfers are sealed in full records rather than tokio's default 8 KiB halves.
+pub(crate) const COPY_BUF: usize = 16 * 1024;
+
 async fn pipe<A, B>(a: A, b: B, idle: Option<Duration>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -165,7 +169,7 @@ where
     let activity = Activity::new();
     let mut a = Active::new(a, activity.clone());
     let mut b = Active::new(b, activity.clone());
-    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF);
     let idle = async {
         match idle {
             Some(t) => activity.idle_for(t).await,
