@@ -122,6 +122,22 @@ struct Proc {
     log: PathBuf,
 }
 
+impl Proc {
+    /// A process of this binary (`args` after it), not started yet.
+    fn new(label: String, args: Vec<String>, log: PathBuf) -> Self {
+        Self {
+            label,
+            program: None,
+            args,
+            workload: None,
+            child: None,
+            restarts: 0,
+            next_start: None,
+            log,
+        }
+    }
+}
+
 struct Mesh {
     exe: PathBuf,
     state: PathBuf,
@@ -273,22 +289,17 @@ async fn up(a: UpArgs) -> Result<ExitCode> {
         procs: Vec::new(),
     };
     let s = |p: &Path| p.display().to_string();
-    mesh.procs.push(Proc {
-        label: "control-plane".into(),
-        program: None,
-        args: vec![
+    mesh.procs.push(Proc::new(
+        "control-plane".into(),
+        vec![
             "control-plane".into(),
             "--config".into(),
             s(&config),
             "--state".into(),
             s(&state),
         ],
-        workload: None,
-        child: None,
-        restarts: 0,
-        next_start: None,
-        log: logs.join("control-plane.log"),
-    });
+        logs.join("control-plane.log"),
+    ));
     let mut apps = Vec::new();
     for w in snap.workloads() {
         let key = format!("{}/{}", w.namespace, w.name);
@@ -302,46 +313,39 @@ async fn up(a: UpArgs) -> Result<ExitCode> {
         apps.push((key.clone(), w.address, app));
         if annotations.get(DEMO_APP_ANNOTATION).map(String::as_str) == Some("true") {
             for port in w.ports.values() {
-                mesh.procs.push(Proc {
-                    label: format!("demo-app {key} :{port}"),
-                    program: None,
-                    args: vec![
+                mesh.procs.push(Proc::new(
+                    format!("demo-app {key} :{port}"),
+                    vec![
                         "demo-app".into(),
                         "--listen".into(),
                         SocketAddr::new(app, *port).to_string(),
                         "--name".into(),
                         key.clone(),
                     ],
-                    workload: None,
-                    child: None,
-                    restarts: 0,
-                    next_start: None,
-                    log: logs.join(format!("app-{}-{}-{port}.log", w.namespace, w.name)),
-                });
+                    logs.join(format!("app-{}-{}-{port}.log", w.namespace, w.name)),
+                ));
             }
         }
         let dir = mesh.proxy_dir(&key);
         mesh.procs.push(Proc {
-            label: format!("proxy {key}"),
-            program: None,
-            args: vec![
-                "proxy".into(),
-                "--workload".into(),
-                key.clone(),
-                "--bundle".into(),
-                s(&dir.join("bundle.json")),
-                "--token-file".into(),
-                s(&dir.join("token")),
-                "--app-address".into(),
-                app.to_string(),
-                "--workload-api-socket".into(),
-                s(&dir.join("workload-api.sock")),
-            ],
             workload: Some(key.clone()),
-            child: None,
-            restarts: 0,
-            next_start: None,
-            log: logs.join(format!("proxy-{}-{}.log", w.namespace, w.name)),
+            ..Proc::new(
+                format!("proxy {key}"),
+                vec![
+                    "proxy".into(),
+                    "--workload".into(),
+                    key.clone(),
+                    "--bundle".into(),
+                    s(&dir.join("bundle.json")),
+                    "--token-file".into(),
+                    s(&dir.join("token")),
+                    "--app-address".into(),
+                    app.to_string(),
+                    "--workload-api-socket".into(),
+                    s(&dir.join("workload-api.sock")),
+                ],
+                logs.join(format!("proxy-{}-{}.log", w.namespace, w.name)),
+            )
         });
     }
 
@@ -361,14 +365,8 @@ async fn up(a: UpArgs) -> Result<ExitCode> {
             let args =
                 prometheus::prepare(&state, &targets, a.scrape_interval, a.prometheus_listen)?;
             mesh.procs.push(Proc {
-                label: "prometheus".into(),
                 program: Some(bin),
-                args,
-                workload: None,
-                child: None,
-                restarts: 0,
-                next_start: None,
-                log: logs.join("prometheus.log"),
+                ..Proc::new("prometheus".into(), args, logs.join("prometheus.log"))
             });
             Some(a.prometheus_listen)
         }
