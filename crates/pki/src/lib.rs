@@ -38,8 +38,8 @@ pub use certmanager::{CertRequest, IssuedCert, SecretDir};
 pub use keys::{KeyAlgorithm, KeyEncoding, KeyError, KeyPair};
 pub use svid::CertInfo;
 pub use verify::{
-    Allowed, SpiffeClientVerifier, SpiffeServerVerifier, Usage, VerifyError, client_config,
-    peer_spiffe_id, server_config, verify_chain, verify_svid,
+    Allowed, ChainCache, ChainCacheStats, SpiffeClientVerifier, SpiffeServerVerifier, Usage,
+    VerifyError, client_config, peer_spiffe_id, server_config, verify_chain, verify_svid,
 };
 
 /// The one rustls crypto provider of the process: aws-lc-rs, built once.

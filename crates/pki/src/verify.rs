@@ -35,8 +35,8 @@ use crate::bundle::TrustBundleSet;
 
 mod cache;
 
-pub use cache::ChainCacheStats;
-use cache::{ChainCache, verify_svid_cached};
+use cache::verify_svid_cached;
+pub use cache::{ChainCache, ChainCacheStats};
 
 /// Which end of a connection the certificate's owner is: selects the required EKU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -572,8 +572,8 @@ fn tls12_refused() -> rustls::Error {
 /// It authenticates only; what the identity may do is AuthorizationPolicy's decision. Read
 /// the verified identity afterwards with [`peer_spiffe_id`]. The bundles are fixed per
 /// verifier: when they change, build a new verifier and config. Chains that verified are
-/// remembered per verifier ([`SpiffeClientVerifier::cache_stats`]); `now` is re-checked on
-/// every call.
+/// remembered per verifier, or per bundle set when verifiers share a cache
+/// ([`SpiffeClientVerifier::with_cache`]); `now` is re-checked on every call.
 ///
 /// [`SpiffeClientVerifier::optional`] is the control plane's variant: a client may connect
 /// without a certificate (a proxy bootstrapping with a join token has none yet), but a
@@ -582,7 +582,7 @@ fn tls12_refused() -> rustls::Error {
 pub struct SpiffeClientVerifier {
     bundles: Arc<TrustBundleSet>,
     mandatory: bool,
-    cache: ChainCache,
+    cache: Arc<ChainCache>,
 }
 
 impl SpiffeClientVerifier {
@@ -591,7 +591,7 @@ impl SpiffeClientVerifier {
         Self {
             bundles,
             mandatory: true,
-            cache: ChainCache::new(),
+            cache: Arc::new(ChainCache::new()),
         }
     }
 
@@ -602,13 +602,21 @@ impl SpiffeClientVerifier {
         Self {
             bundles,
             mandatory: false,
-            cache: ChainCache::new(),
+            cache: Arc::new(ChainCache::new()),
         }
     }
 
     /// The bundles it trusts.
     pub fn bundles(&self) -> &TrustBundleSet {
         &self.bundles
+    }
+
+    /// Shares `cache` with other client-side verifiers of the same bundles (a cache must
+    /// never serve another bundle set or usage).
+    #[must_use]
+    pub fn with_cache(mut self, cache: Arc<ChainCache>) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// The counters of its cache of verified chains.
@@ -675,13 +683,13 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 /// must present a valid X509-SVID, and its identity must be [`Allowed`] (secure naming).
 ///
 /// The TLS server name (SNI) plays no part in identity: SVIDs carry no DNS SAN. Chains that
-/// verified are remembered per verifier ([`SpiffeServerVerifier::cache_stats`]); `now` and
-/// secure naming are re-checked on every call.
+/// verified are remembered per verifier, or per bundle set when verifiers share a cache
+/// ([`SpiffeServerVerifier::with_cache`]); `now` and secure naming are re-checked on every call.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     bundles: Arc<TrustBundleSet>,
     allowed: Allowed,
-    cache: ChainCache,
+    cache: Arc<ChainCache>,
 }
 
 impl SpiffeServerVerifier {
@@ -690,13 +698,21 @@ impl SpiffeServerVerifier {
         Self {
             bundles,
             allowed,
-            cache: ChainCache::new(),
+            cache: Arc::new(ChainCache::new()),
         }
     }
 
     /// The identities accepted.
     pub fn allowed(&self) -> &Allowed {
         &self.allowed
+    }
+
+    /// Shares `cache` with other server-verifying verifiers of the same bundles, whatever
+    /// identities each allows (secure naming is checked per call, never cached).
+    #[must_use]
+    pub fn with_cache(mut self, cache: Arc<ChainCache>) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// The counters of its cache of verified chains.

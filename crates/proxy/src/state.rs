@@ -12,7 +12,7 @@
 //! `outbound`), policy semantics (`trustmesh-core`).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
@@ -26,7 +26,8 @@ use trustmesh_core::SpiffeId;
 use trustmesh_core::authz::{InboundPolicy, PolicySet};
 use trustmesh_core::snapshot::{Snapshot, Workload};
 use trustmesh_pki::{
-    Allowed, KeyPair, SpiffeClientVerifier, SpiffeServerVerifier, TrustBundleSet, crypto_provider,
+    Allowed, ChainCache, ChainCacheStats, KeyPair, SpiffeClientVerifier, SpiffeServerVerifier,
+    TrustBundleSet, crypto_provider,
 };
 
 /// The workload's current X.509-SVID and its private key (which never leaves the process,
@@ -117,6 +118,20 @@ pub struct Shared {
     view: ArcSwapOption<MeshView>,
     /// Bumped on every identity or bundle change (Workload API streams wait on it).
     changed: watch::Sender<u64>,
+    /// The verified-chain caches of the current bundles, shared by every TLS config built
+    /// for them (each CONNECT tunnel builds its own config).
+    chain_caches: Mutex<Option<ChainCaches>>,
+}
+
+/// One cache per side for one bundle set: what a cache holds depends only on the bundles and
+/// on which side's certificates it verifies.
+#[derive(Debug, Clone)]
+struct ChainCaches {
+    bundles: Arc<TrustBundleSet>,
+    /// Client certificates, verified by the inbound side.
+    inbound: Arc<ChainCache>,
+    /// Server certificates, verified by the outbound side.
+    outbound: Arc<ChainCache>,
 }
 
 impl Shared {
@@ -127,6 +142,7 @@ impl Shared {
             identity: ArcSwapOption::empty(),
             view: ArcSwapOption::empty(),
             changed: watch::channel(0).0,
+            chain_caches: Mutex::new(None),
         })
     }
 
@@ -162,13 +178,44 @@ impl Shared {
         self.changed.subscribe()
     }
 
+    /// The caches for `bundles`: the current ones while the bundles stay equal, new ones
+    /// (the old dropped) when they change.
+    fn chain_caches(&self, bundles: &Arc<TrustBundleSet>) -> ChainCaches {
+        let mut current = self
+            .chain_caches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &*current {
+            Some(c) if Arc::ptr_eq(&c.bundles, bundles) || *c.bundles == **bundles => c.clone(),
+            _ => current
+                .insert(ChainCaches {
+                    bundles: bundles.clone(),
+                    inbound: Arc::new(ChainCache::new()),
+                    outbound: Arc::new(ChainCache::new()),
+                })
+                .clone(),
+        }
+    }
+
+    /// The counters of the chain caches in use: (inbound, outbound).
+    pub fn chain_cache_stats(&self) -> Option<(ChainCacheStats, ChainCacheStats)> {
+        let current = self
+            .chain_caches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        current
+            .as_ref()
+            .map(|c| (c.inbound.stats(), c.outbound.stats()))
+    }
+
     /// The inbound TLS config for `bundles`, presenting whatever identity is current at
     /// each handshake.
     pub fn server_tls(
         self: &Arc<Self>,
         bundles: Arc<TrustBundleSet>,
     ) -> Result<Arc<ServerConfig>, rustls::Error> {
-        let verifier = Arc::new(SpiffeClientVerifier::new(bundles));
+        let cache = self.chain_caches(&bundles).inbound;
+        let verifier = Arc::new(SpiffeClientVerifier::new(bundles).with_cache(cache));
         let mut cfg = ServerConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -191,7 +238,8 @@ impl Shared {
         allowed: Allowed,
         alpn: &[&[u8]],
     ) -> Result<Arc<ClientConfig>, rustls::Error> {
-        let verifier = Arc::new(SpiffeServerVerifier::new(bundles, allowed));
+        let cache = self.chain_caches(&bundles).outbound;
+        let verifier = Arc::new(SpiffeServerVerifier::new(bundles, allowed).with_cache(cache));
         let mut cfg = ClientConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()

@@ -56,7 +56,8 @@ async fn connect_tunnels_bytes_over_mtls() {
         Serve::MtlsEcho,
     )
     .await;
-    let proxy = start(mesh.shared(orders(peer.addr, vec![]))).await;
+    let shared = mesh.shared(orders(peer.addr, vec![]));
+    let proxy = start(shared.clone()).await;
     let (head, s) = connect_tunnel(&proxy, &format!("{ORDERS}:9000")).await;
     let mut s = s.unwrap_or_else(|| panic!("{head}"));
     assert_eq!(read_line(&mut s).await, format!("hello {CLIENT_ID}\n"));
@@ -67,6 +68,10 @@ async fn connect_tunnels_bytes_over_mtls() {
     let mut s2 = s2.unwrap();
     assert_eq!(read_line(&mut s2).await, format!("hello {CLIENT_ID}\n"));
     assert_eq!(peer.counters.handshakes.load(Ordering::SeqCst), 2);
+    // Each tunnel builds its own TLS config, yet the peer's chain is verified once: the
+    // second handshake is answered by the cache the proxy keeps per bundle set.
+    let (_, outbound) = shared.chain_cache_stats().expect("caches in use");
+    assert_eq!((outbound.misses, outbound.hits), (1, 1), "{outbound:?}");
 }
 
 #[tokio::test]

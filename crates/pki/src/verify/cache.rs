@@ -29,7 +29,7 @@ use crate::bundle::TrustBundleSet;
 /// Everything else [`super::verify_svid`] checks — the X509-SVID leaf rules, the choice of the
 /// trust domain's bundle, the signatures, CA and path-length constraints, name constraints and
 /// the extended key usage — depends only on those bytes and on the verifier's own bundles and
-/// usage, which never change (new bundles = new verifier = empty cache); no revocation is
+/// usage, which never change for one cache (new bundles = new verifier and a new cache); no revocation is
 /// checked here. Of the per-call arguments, the server name and OCSP response play no part in
 /// verification; the one that does is `now`, and webpki compares it only with the notBefore /
 /// notAfter of each certificate of the path: a hit is served only when `now` lies inside the
@@ -167,8 +167,11 @@ struct Entries {
     order: VecDeque<Key>,
 }
 
-/// A verifier's cache of successful chain verifications (see the module docs).
-pub(super) struct ChainCache {
+/// A cache of successful chain verifications (see the module docs). Each verifier has its
+/// own unless it is given one to share ([`super::SpiffeClientVerifier::with_cache`],
+/// [`super::SpiffeServerVerifier::with_cache`]): what it holds depends only on the bundles
+/// and the usage, so verifiers of the same bundles and side may share one.
+pub struct ChainCache {
     /// The provider's SHA-256; without one (never with aws-lc-rs) nothing is cached.
     sha256: Option<&'static dyn Hash>,
     entries: Mutex<Entries>,
@@ -186,6 +189,7 @@ impl fmt::Debug for ChainCache {
 
 impl ChainCache {
     /// An empty cache hashing with the process' crypto provider.
+    #[allow(clippy::new_without_default)] // building it looks up the provider's SHA-256
     pub fn new() -> Self {
         // The provider exposes its hashes through its TLS 1.3 suites; every suite we enable
         // besides AES-256-GCM-SHA384 uses SHA-256.
@@ -205,7 +209,7 @@ impl ChainCache {
 
     /// The key of a presented chain: SHA-256 over the count, then each certificate's length
     /// and bytes, leaf first, so no two different presentations share an input.
-    pub fn key(
+    pub(super) fn key(
         &self,
         leaf: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -221,7 +225,7 @@ impl ChainCache {
 
     /// The SPIFFE ID remembered for `key` if `now` lies inside its validity window, counted
     /// as a hit. Outside the window the caller verifies in full.
-    pub fn get(&self, key: &Key, now: UnixTime) -> Option<SpiffeId> {
+    pub(super) fn get(&self, key: &Key, now: UnixTime) -> Option<SpiffeId> {
         let id = self
             .lock()
             .map
@@ -233,12 +237,12 @@ impl ChainCache {
     }
 
     /// Counts one verification that ran in full.
-    pub fn count_miss(&self) {
+    pub(super) fn count_miss(&self) {
         self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Remembers a successful verification, evicting the oldest entry when full.
-    pub fn insert(&self, key: Key, verified: Verified) {
+    pub(super) fn insert(&self, key: Key, verified: Verified) {
         let mut e = self.lock();
         if let Some(old) = e.map.get_mut(&key) {
             *old = verified;
@@ -254,7 +258,7 @@ impl ChainCache {
     }
 
     /// Forgets `key` (its chain no longer verifies at the time asked).
-    pub fn remove(&self, key: &Key) {
+    pub(super) fn remove(&self, key: &Key) {
         let mut e = self.lock();
         if e.map.remove(key).is_some() {
             e.order.retain(|k| k != key);
