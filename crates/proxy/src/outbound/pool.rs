@@ -233,7 +233,6 @@ impl Cluster {
             upstream: upstream.clone(),
             bundles: bundles.clone(),
             tls: OnceCell::new(),
-            tls_h2: OnceCell::new(),
             state: Mutex::new(EndpointState::default()),
             next_id: AtomicU64::new(0),
         });
@@ -342,9 +341,9 @@ impl std::fmt::Debug for EndpointState {
 pub struct EndpointPool {
     upstream: Upstream,
     bundles: Arc<TrustBundleSet>,
+    /// Built once: a pool lives in one [`Cluster`], whose limits (`h2_upgrade` among them)
+    /// never change — changed limits make a new cluster.
     tls: OnceCell<Arc<ClientConfig>>,
-    /// The mesh config offering `h2` (`h2UpgradePolicy: UPGRADE`); `tls` offers HTTP/1.1.
-    tls_h2: OnceCell<Arc<ClientConfig>>,
     state: Mutex<EndpointState>,
     next_id: AtomicU64,
 }
@@ -377,12 +376,9 @@ impl EndpointPool {
                         port: svc.port,
                     });
                 }
-                let (cell, alpn) = if h2 {
-                    (&self.tls_h2, ALPN_H2)
-                } else {
-                    (&self.tls, ALPN_H1)
-                };
-                let cfg = cell
+                let alpn = if h2 { ALPN_H2 } else { ALPN_H1 };
+                let cfg = self
+                    .tls
                     .get_or_try_init(|| async {
                         tls::mesh_config(shared, self.bundles.clone(), m, alpn, svc)
                     })

@@ -156,11 +156,11 @@ async fn open(
     .await
 }
 
-/// Copies both ways until both sides finished, or nothing moved for `idle`.
 /// Bytes read per copy step each way: one full TLS record (16 KiB of plaintext), so bulk
 /// transfers are sealed in full records rather than tokio's default 8 KiB halves.
 pub(crate) const COPY_BUF: usize = 16 * 1024;
 
+/// Copies both ways until both sides finished, or nothing moved for `idle`.
 async fn pipe<A, B>(a: A, b: B, idle: Option<Duration>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
