@@ -14,9 +14,10 @@ pub mod handshake;
 pub mod labels;
 pub mod series;
 
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwapOption;
 use trustmesh_metrics::{
     BYTES_BUCKETS, Counter, DURATION_MS_BUCKETS, Encoder, Family, Gauge, Kind, process,
 };
@@ -70,8 +71,8 @@ pub struct Metrics {
     /// `trustmesh_tls_handshakes_total{result="success"}` per direction.
     handshake_ok: [Arc<Counter>; 2],
     /// The labels of the view last asked about (a `Weak` so the old view is freed, and its
-    /// address not reused while it is compared).
-    view: Mutex<Option<(Weak<MeshView>, Arc<ViewLabels>)>>,
+    /// address not reused while it is compared). Read without a lock on every request.
+    view: ArcSwapOption<(Weak<MeshView>, Arc<ViewLabels>)>,
     /// Labels before the first config.
     empty: Arc<ViewLabels>,
 }
@@ -192,20 +193,22 @@ impl Metrics {
             config_version: Gauge::default(),
             control_plane_connected: Gauge::default(),
             handshake_ok,
-            view: Mutex::new(None),
+            view: ArcSwapOption::empty(),
         }
     }
 
     /// The label values of `view`, computed once per view.
     pub fn labels(&self, view: &Arc<MeshView>) -> Arc<ViewLabels> {
-        let mut cached = self.view.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((w, l)) = &*cached
-            && std::ptr::eq(w.as_ptr(), Arc::as_ptr(view))
+        if let Some(cached) = &*self.view.load()
+            && std::ptr::eq(cached.0.as_ptr(), Arc::as_ptr(view))
         {
-            return l.clone();
+            return cached.1.clone();
         }
+        // Computed outside any lock: after a config push, requests on the old and the new
+        // view may both compute theirs; the last one stored stays until the next miss.
         let l = self.labels_for(&view.snapshot, &view.workload);
-        *cached = Some((Arc::downgrade(view), l.clone()));
+        self.view
+            .store(Some(Arc::new((Arc::downgrade(view), l.clone()))));
         l
     }
 
