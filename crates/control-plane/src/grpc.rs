@@ -85,9 +85,7 @@ impl CaService {
         svid: IssuedSvid,
         method: &str,
     ) -> Response<SignResponse> {
-        // `sign_for` signed with the CA of the identity's trust domain.
-        self.shared
-            .record_issued(workload, &svid, &svid.id.trust_domain());
+        self.shared.record_issued(workload, &svid);
         tracing::info!(
             workload,
             identity = %svid.id,

@@ -21,6 +21,7 @@ use trustmesh_pki::CertInfo;
 use trustmesh_pki::controller::{self, CertificateView};
 
 use crate::state::{Issued, Shared};
+use crate::tokens::unix;
 
 /// `issuer_kind` of a workload SVID's cert-manager gauges.
 pub(crate) const MESH_CA_KIND: &str = "MeshCA";
@@ -179,10 +180,6 @@ pub(crate) struct Scrape {
     pub proxies: Vec<ProxyConnected>,
     /// Trust domain → NotAfter of its CA root, Unix seconds.
     pub ca_roots: Vec<(String, u64)>,
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Reads everything [`Scrape`] holds from the shared state. Blocking: it reads the

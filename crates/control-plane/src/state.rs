@@ -357,7 +357,7 @@ impl Shared {
 
     /// Records an SVID issued to `workload` by the CA of `trust_domain`, in memory and in
     /// the state folder.
-    pub fn record_issued(&self, workload: &str, svid: &IssuedSvid, trust_domain: &TrustDomain) {
+    pub fn record_issued(&self, workload: &str, svid: &IssuedSvid) {
         let issued = Issued {
             serial: svid.serial.clone(),
             not_before: format_rfc3339(svid.not_before),
@@ -365,7 +365,8 @@ impl Shared {
             not_after: format_rfc3339(svid.not_after),
             not_after_unix: unix(svid.not_after),
             issued_at: unix(self.clock.now()),
-            trust_domain: trust_domain.as_str().to_owned(),
+            // `sign_for` signed with the CA of the identity's trust domain.
+            trust_domain: svid.id.trust_domain().as_str().to_owned(),
         };
         let _guard = lock(&self.persisting);
         lock(&self.issued).insert(workload.to_owned(), issued);
