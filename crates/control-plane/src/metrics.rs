@@ -14,7 +14,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use trustmesh_core::model::parse_rfc3339;
 use trustmesh_core::renewal::workload_renewal_time;
 use trustmesh_metrics::{Counter, Encoder, Kind};
 use trustmesh_pki::CertInfo;
@@ -96,12 +95,7 @@ impl CertGauges {
     /// "taken verbatim from `spec.issuerRef`, so empty string if omitted"; the times are
     /// "Unix seconds (0 if unset)"; `ready_status` "Unknown=1 if no Ready condition".
     pub fn from_view(v: &CertificateView) -> Self {
-        let not_before = v
-            .not_before
-            .as_deref()
-            .and_then(parse_rfc3339)
-            .and_then(|s| u64::try_from(s).ok())
-            .unwrap_or(0);
+        let not_before = v.not_before_timestamp.unwrap_or(0);
         Self {
             name: v.name.clone(),
             namespace: v.namespace.clone(),
@@ -443,6 +437,7 @@ mod tests {
             not_before: Some("2027-01-15T08:00:00Z".into()),
             not_after: Some("2027-01-16T08:00:00Z".into()),
             renewal_time: Some("2027-01-16T00:00:00Z".into()),
+            not_before_timestamp: Some(T0),
             expiration_timestamp: Some(T0 + 24 * H),
             renewal_timestamp: Some(T0 + 16 * H),
             revision: 1,
@@ -561,6 +556,7 @@ mod tests {
         let mut v = view();
         v.ready = "False".into();
         v.not_before = None;
+        v.not_before_timestamp = None;
         v.not_after = None;
         v.expiration_timestamp = None;
         v.renewal_timestamp = None;

@@ -143,6 +143,9 @@ pub struct CertificateView {
     /// RFC 3339, by cert-manager's formula.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renewal_time: Option<String>,
+    /// Unix seconds of `not_before` (`certmanager_certificate_not_before_timestamp_seconds`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_before_timestamp: Option<u64>,
     /// Unix seconds of `not_after` (`certmanager_certificate_expiration_timestamp_seconds`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expiration_timestamp: Option<u64>,
@@ -689,6 +692,7 @@ fn view(layout: &Layout, cert: &Certificate, now: SystemTime) -> CertificateView
         not_before: None,
         not_after: None,
         renewal_time: None,
+        not_before_timestamp: None,
         expiration_timestamp: None,
         renewal_timestamp: None,
         revision: stored.revision,
@@ -719,6 +723,7 @@ fn view(layout: &Layout, cert: &Certificate, now: SystemTime) -> CertificateView
     v.not_before = Some(format_rfc3339(leaf.not_before));
     v.not_after = Some(format_rfc3339(leaf.not_after));
     v.renewal_time = Some(format_rfc3339(renewal));
+    v.not_before_timestamp = Some(ts(leaf.not_before));
     v.expiration_timestamp = Some(ts(leaf.not_after));
     v.renewal_timestamp = Some(ts(renewal));
     v.serial = Some(leaf.serial_hex.clone());
