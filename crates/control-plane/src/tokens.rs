@@ -341,13 +341,7 @@ pub fn bearer(header: &str) -> Option<&str> {
 
 /// SHA-256 of `data` as lowercase hex, from the process's one crypto provider.
 pub fn sha256_hex(data: &[u8]) -> Result<String, TokenError> {
-    let hash = trustmesh_pki::crypto_provider()
-        .cipher_suites
-        .iter()
-        .filter_map(|s| s.tls13())
-        .map(|s| s.common.hash_provider)
-        .find(|h| h.algorithm() == rustls::crypto::hash::HashAlgorithm::SHA256)
-        .ok_or(TokenError::NoSha256)?;
+    let hash = trustmesh_pki::sha256().ok_or(TokenError::NoSha256)?;
     Ok(hash
         .hash(data)
         .as_ref()

@@ -66,6 +66,17 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// The provider's SHA-256, which it exposes through its TLS 1.3 suites (every suite but
+/// AES-256-GCM-SHA384 uses it); `None` only for a provider without one (never aws-lc-rs).
+pub fn sha256() -> Option<&'static dyn rustls::crypto::hash::Hash> {
+    crypto_provider()
+        .cipher_suites
+        .iter()
+        .filter_map(|s| s.tls13())
+        .map(|s| s.common.hash_provider)
+        .find(|h| h.algorithm() == rustls::crypto::hash::HashAlgorithm::SHA256)
+}
+
 /// Fills `buf` from the provider's secure random generator.
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
     crypto_provider().secure_random.fill(buf)

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rustls::crypto::hash::{Hash, HashAlgorithm};
+use rustls::crypto::hash::Hash;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use trustmesh_core::SpiffeId;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -191,14 +191,7 @@ impl ChainCache {
     /// An empty cache hashing with the process' crypto provider.
     #[allow(clippy::new_without_default)] // building it looks up the provider's SHA-256
     pub fn new() -> Self {
-        // The provider exposes its hashes through its TLS 1.3 suites; every suite we enable
-        // besides AES-256-GCM-SHA384 uses SHA-256.
-        let sha256 = crate::crypto_provider()
-            .cipher_suites
-            .iter()
-            .filter_map(|s| s.tls13())
-            .map(|s| s.common.hash_provider)
-            .find(|h| h.algorithm() == HashAlgorithm::SHA256);
+        let sha256 = crate::sha256();
         Self {
             sha256,
             entries: Mutex::new(Entries::default()),
