@@ -387,25 +387,18 @@ impl Inbound {
         }
         let app = SocketAddr::new(self.app_ip(&view), conn.port);
         drop(view);
-        let connected = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await;
+        let connected = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
         let mut upstream = match connected {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
+            Ok(s) => s,
+            Err(source) => {
                 refused("UF");
                 return Err(InboundError::App {
                     peer: conn.peer,
                     port: conn.port,
                     app,
                     source,
-                });
-            }
-            Err(_) => {
-                refused("UF");
-                return Err(InboundError::App {
-                    peer: conn.peer,
-                    port: conn.port,
-                    app,
-                    source: std::io::ErrorKind::TimedOut.into(),
                 });
             }
         };

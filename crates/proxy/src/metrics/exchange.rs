@@ -131,9 +131,9 @@ impl Exchange {
         End {
             start: self.start,
             request_bytes: self.request_bytes,
-            pending: Pending::Counted(series.clone()),
+            pending: Pending::Counted(series),
         }
-        .observe(&series, 0);
+        .finish(0);
     }
 }
 
